@@ -1,0 +1,1 @@
+"""Local development and test tooling for Tether (embedded Postgres, runner, test driver)."""

@@ -1,0 +1,114 @@
+"""Contracts first: the service's OpenAPI document is loaded, validated and enforced.
+
+The document in ``contracts/<service>/openapi.json`` is the single source:
+
+* it is validated as OpenAPI 3.1 at start-up (the service refuses to start otherwise);
+* it is served unchanged at ``/openapi.json``;
+* request bodies are validated against its schemas;
+* :func:`check_routes` refuses to start when the app's routes and the document's
+  paths differ (the idea of pyramid_openapi3's ``check_all_routes``);
+* operations may declare ``x-failpoints`` (names of failpoints inside their write
+  transaction) that the QA harness arms one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import referencing
+from openapi_spec_validator import validate as validate_spec
+from quart import Quart
+
+HTTP_METHODS = ("get", "put", "post", "delete", "patch")
+_BASE_URI = "urn:tether:openapi"
+
+
+class ContractError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    spec: dict[str, Any]
+
+    @property
+    def failpoints(self) -> list[str]:
+        return list(self.spec.get("x-failpoints", []))
+
+
+class OpenApiContract:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.raw = path.read_bytes()
+        try:
+            self.document: dict[str, Any] = json.loads(self.raw)
+            validate_spec(self.document)
+        except Exception as exc:  # any parse/validation failure stops start-up
+            raise ContractError(f"invalid contract {path}: {exc}") from exc
+        resource = referencing.Resource.from_contents(
+            self.document, default_specification=referencing.jsonschema.DRAFT202012
+        )
+        self.registry: referencing.Registry[Any] = referencing.Registry().with_resource(_BASE_URI, resource)
+        self.operations: dict[str, Operation] = {}
+        for path_key, item in self.document.get("paths", {}).items():
+            for method in HTTP_METHODS:
+                if method in item:
+                    op = item[method]
+                    self.operations[op["operationId"]] = Operation(method.upper(), path_key, op["operationId"], op)
+        self._validators: dict[str, jsonschema.Draft202012Validator] = {}
+
+    def schema_validator(self, pointer: str) -> jsonschema.Draft202012Validator:
+        """A validator for the schema at a JSON pointer inside the document."""
+        if pointer not in self._validators:
+            self._validators[pointer] = jsonschema.Draft202012Validator(
+                {"$ref": f"{_BASE_URI}#{pointer}"},
+                registry=self.registry,
+                format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+            )
+        return self._validators[pointer]
+
+    def request_validator(self, operation_id: str) -> jsonschema.Draft202012Validator:
+        op = self.operations[operation_id]
+        escaped = op.path.replace("~", "~0").replace("/", "~1")
+        pointer = f"/paths/{escaped}/{op.method.lower()}/requestBody/content/application~1json/schema"
+        if "requestBody" not in op.spec:
+            raise ContractError(f"{operation_id} has no request body in the contract")
+        return self.schema_validator(pointer)
+
+    def served_bytes(self) -> bytes:
+        return self.raw
+
+
+def _rule_to_openapi(rule: str) -> str:
+    return re.sub(r"<(?:[a-z_]+:)?([a-zA-Z_]+)>", r"{\1}", rule)
+
+
+def check_routes(app: Quart, contract: OpenApiContract, *, outside_contract: set[str]) -> None:
+    """Refuse to start if the app's HTTP routes and the contract's paths differ.
+
+    ``outside_contract`` names rules that are deliberately not in the OpenAPI
+    document (the WebSocket endpoint, static assets of the demo page).
+    """
+    served: set[tuple[str, str]] = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule in outside_contract or rule.endpoint == "static" or rule.websocket:
+            continue
+        for method in rule.methods or ():
+            if method in ("HEAD", "OPTIONS"):
+                continue
+            served.add((method, _rule_to_openapi(rule.rule)))
+    declared = {(op.method, op.path) for op in contract.operations.values()}
+    if served != declared:
+        raise ContractError(
+            "routes and contract differ: "
+            f"served but not in contract: {sorted(served - declared)}; "
+            f"in contract but not served: {sorted(declared - served)}"
+        )

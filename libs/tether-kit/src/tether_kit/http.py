@@ -1,0 +1,239 @@
+"""The HTTP spine shared by the services: request ids, problem+json, CORS, body parsing.
+
+:class:`HttpKit` is installed once on a Quart app.  It guarantees:
+
+* every response carries ``X-Request-ID`` (the caller's when well-formed, else a new one);
+* every error, whatever raised it (our code, Quart's routing, an unexpected bug), is
+  answered by :meth:`HttpKit.problem`, which writes the problem+json body *and* exactly
+  one structured log line with ``code``, ``status`` and ``request_id`` (F01, F40);
+* a lost database answers 503 ``dependency_unavailable`` with ``Retry-After`` (F06);
+* request bodies are parsed by us (never ``get_json``), so non-UTF-8, non-JSON,
+  too-deep or off-schema bodies are 400/413/415/422, never 500.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from . import logs
+from .contract import OpenApiContract
+from .db import is_connectivity_error
+from .errors import Catalogue, DependencyUnavailable, TetherError
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+MAX_JSON_DEPTH = 32
+PROBLEM_JSON = "application/problem+json"
+FAILPOINT_HEADER = "X-Tether-Failpoint"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Depth of a parsed JSON value, stopping early once past ``limit``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse_json_text(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Strict JSON parsing shared by HTTP bodies and WebSocket frames.
+
+    Raises :class:`TetherError` ``invalid_body`` for bytes that are not UTF-8 JSON.
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise TetherError("invalid_body", f"body is not UTF-8 JSON: {type(exc).__name__}") from exc
+    if json_depth(value, max_depth) > max_depth:
+        raise TetherError("invalid_body", f"JSON nesting deeper than {max_depth}")
+    return value
+
+
+class Failpoints:
+    """Named failure points inside write transactions, armed per request in test mode only.
+
+    Outside test mode :meth:`hit` is a single attribute check and nothing can arm it;
+    a request that tries (header ``X-Tether-Failpoint``) is refused with 400.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def hit(self, name: str) -> None:
+        if self.enabled and request.headers.get(FAILPOINT_HEADER) == name:
+            raise TetherError("failpoint", f"failpoint {name} armed", extras={"failpoint": name})
+
+
+class HttpKit:
+    def __init__(
+        self,
+        app: Quart,
+        *,
+        log: logs.JsonLogger,
+        catalogue: Catalogue,
+        contract: OpenApiContract,
+        registry: CollectorRegistry,
+        cors_origins: frozenset[str],
+        test_mode: bool,
+    ) -> None:
+        self.app = app
+        self.log = log
+        self.catalogue = catalogue
+        self.contract = contract
+        self.cors_origins = cors_origins
+        self.failpoints = Failpoints(test_mode)
+        self.requests = Counter(
+            "tether_http_requests_total",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "tether_http_errors_total", "HTTP error responses by catalogue code", ["code"], registry=registry
+        )
+        self.latency = Histogram(
+            "tether_http_request_seconds",
+            "HTTP request duration",
+            ["route"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        app.before_request(self._before)
+        app.after_request(self._after)
+        app.register_error_handler(TetherError, self._on_tether_error)
+        app.register_error_handler(HTTPException, self._on_http_exception)
+        app.register_error_handler(Exception, self._on_exception)
+
+    # -- request lifecycle -------------------------------------------------------------
+    async def _before(self) -> None:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        logs.bind(request_id=request_id)
+        request.environ_request_id = request_id  # type: ignore[attr-defined]
+        request.started_at = time.perf_counter()  # type: ignore[attr-defined]
+        if FAILPOINT_HEADER in request.headers and not self.failpoints.enabled:
+            raise TetherError("failpoints_disabled", "failpoints can only be armed in test mode")
+
+    async def _after(self, response: Response) -> Response:
+        request_id = getattr(request, "environ_request_id", None) or uuid.uuid4().hex
+        response.headers[REQUEST_ID_HEADER] = request_id
+        origin = request.headers.get("Origin")
+        if origin and origin in self.cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Access-Control-Expose-Headers"] = f"{REQUEST_ID_HEADER}, Retry-After"
+            if request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
+                response.headers["Access-Control-Allow-Headers"] = (
+                    "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+                )
+                response.headers["Access-Control-Max-Age"] = "600"
+        response.headers.add("Vary", "Origin")
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        self.requests.labels(route, request.method, str(response.status_code)).inc()
+        started = getattr(request, "started_at", None)
+        if started is not None:
+            self.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    # -- errors ------------------------------------------------------------------------
+    def problem(self, err: TetherError, *, exc: BaseException | None = None) -> Response:
+        """The one place an HTTP error becomes a response and a log line."""
+        spec = self.catalogue[err.code] if err.code in self.catalogue else self.catalogue["internal_error"]
+        body: dict[str, Any] = {
+            "type": f"https://tether.dev/errors/{spec.code}",
+            "title": spec.title,
+            "status": spec.status,
+            "code": spec.code,
+            "detail": err.detail or spec.title,
+            "request_id": logs.context().get("request_id", ""),
+        }
+        body.update(err.extras)
+        fields: dict[str, Any] = {
+            "code": spec.code,
+            "status": spec.status,
+            "method": request.method,
+            "path": request.path,
+            "detail": body["detail"],
+        }
+        fields.update({k: v for k, v in err.extras.items() if k != "errors"})
+        if exc is not None:
+            self.log.exception("http_error", exc, **fields)
+        else:
+            self.log.log(spec.level, "http_error", **fields)
+        self.errors.labels(spec.code).inc()
+        response = Response(json.dumps(body), status=spec.status, content_type=PROBLEM_JSON)
+        retry_after = err.retry_after_s if err.retry_after_s is not None else spec.retry_after_s
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        for key, value in err.headers.items():
+            response.headers[key] = value
+        return response
+
+    async def _on_tether_error(self, err: TetherError) -> Response:
+        return self.problem(err)
+
+    async def _on_http_exception(self, err: HTTPException) -> Response:
+        status = err.code or 500
+        if status == 413:
+            return self.problem(TetherError("body_too_large", "request body exceeds the limit"))
+        spec = self.catalogue.for_status(status)
+        headers: dict[str, str] = {}
+        if status == 405 and err.get_headers():
+            headers = {k: v for k, v in err.get_headers() if k.lower() == "allow"}
+        return self.problem(TetherError(spec.code, err.description or spec.title, headers=headers))
+
+    async def _on_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, DependencyUnavailable):
+            return self.problem(exc)
+        if is_connectivity_error(exc):
+            return self.problem(DependencyUnavailable("postgres", f"database error: {type(exc).__name__}"))
+        return self.problem(TetherError("internal_error", "unexpected error"), exc=exc)
+
+    # -- bodies ------------------------------------------------------------------------
+    async def json_body(self, operation_id: str) -> Any:
+        """Parse and validate the request body of ``operation_id`` against the contract."""
+        if request.mimetype != "application/json":
+            raise TetherError("unsupported_media_type", "Content-Type must be application/json")
+        raw = await request.get_data(as_text=False)
+        value = parse_json_text(raw)
+        validator = self.contract.request_validator(operation_id)
+        error = next(iter(validator.iter_errors(value)), None)
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise TetherError(
+                "validation_failed",
+                f"{where}: {error.message}"[:300],
+                extras={"errors": [{"path": where, "message": error.message[:300]}]},
+            )
+        return value
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()

@@ -1,0 +1,92 @@
+"""Run a Quart app on Hypercorn with Tether's own signal handling.
+
+Hypercorn's own SIGTERM handling closes WebSockets with 1011 and no reason, so the
+service installs its own handlers: on SIGTERM/SIGINT it first runs the app's drain
+hook (the session service closes every socket with a retryable "draining" code),
+then lets Hypercorn stop.  The listening socket is created here so that port 0 works:
+the chosen port is written to the log (``event=listening``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+
+import uvloop
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from quart import Quart
+
+from .logs import JsonLogger
+
+
+class _ForwardToJson(logging.Handler):
+    """Routes Hypercorn's stdlib log records into the service's JSON log."""
+
+    def __init__(self, log: JsonLogger) -> None:
+        super().__init__()
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        if record.levelno < logging.WARNING:
+            level = "info"
+        self.log.log(level, "hypercorn", message=record.getMessage()[:1000])
+
+
+def make_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(
+    app: Quart,
+    *,
+    host: str,
+    port: int,
+    log: JsonLogger,
+    drain: Callable[[], Awaitable[None]] | None = None,
+    graceful_timeout: float = 10.0,
+    max_message_size: int = 1 << 20,
+) -> None:
+    sock = make_socket(host, port)
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    hyper_log = logging.getLogger(f"hypercorn.{log.service}")
+    hyper_log.handlers = [_ForwardToJson(log)]
+    hyper_log.propagate = False
+    hyper_log.setLevel(logging.WARNING)
+    config.errorlog = hyper_log
+    config.graceful_timeout = graceful_timeout
+    config.websocket_max_message_size = max_message_size
+    config.websocket_ping_interval = None
+    config.keep_alive_timeout = 30
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        async def shutdown_trigger() -> None:
+            await stop.wait()
+            log.info("shutdown_requested")
+            if drain is not None:
+                await drain()
+
+        log.info("listening", host=host, port=sock.getsockname()[1])
+        await serve(app, config, shutdown_trigger=shutdown_trigger)
+        log.info("stopped")
+
+    try:
+        uvloop.run(main())
+    finally:
+        sock.close()

@@ -1,0 +1,1 @@
+"""Tether auth-token service."""

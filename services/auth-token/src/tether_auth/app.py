@@ -1,0 +1,288 @@
+"""The auth-token service app factory: ``create_app()``; no module-level app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from quart import Quart, Response, current_app, request
+
+from tether_kit import logs, migrate
+from tether_kit.contract import OpenApiContract, check_routes
+from tether_kit.db import Connection, Database
+from tether_kit.errors import TetherError
+from tether_kit.http import HttpKit, bearer_token
+from tether_kit.lifecycle import Startup
+
+from . import store
+from .catalogue import CATALOGUE
+from .config import Config
+from .secrets import same_secret
+
+SERVICE = "auth-token"
+SCHEMA = "auth"
+COOKIE = "tether_session"
+
+
+@dataclass
+class State:
+    config: Config
+    log: logs.JsonLogger
+    db: Database
+    kit: HttpKit
+    startup: Startup
+    registry: CollectorRegistry
+    tokens_issued: Counter
+    token_consumes: Counter
+    logins: Counter
+    db_pool: Gauge
+
+
+def state() -> State:
+    return cast(State, current_app.extensions["tether"])
+
+
+def migrations() -> list[migrate.Migration]:
+    folder = resources.files("tether_auth") / "migrations"
+    return migrate.load(Path(str(folder)))
+
+
+def create_app(config: Config | None = None) -> Quart:
+    config = config or Config.from_env()
+    log = logs.from_env(SERVICE)
+    contract = OpenApiContract(config.contract)
+    registry = CollectorRegistry()
+    app = Quart(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    db = Database(config.database_url, schema=SCHEMA, max_size=config.db_pool_max)
+    kit = HttpKit(
+        app,
+        log=log,
+        catalogue=CATALOGUE,
+        contract=contract,
+        registry=registry,
+        cors_origins=config.cors_origins,
+        test_mode=config.test_mode,
+    )
+    all_migrations = migrations()
+
+    async def open_db() -> None:
+        if not db.is_open:
+            await db.open()
+
+    async def apply_migrations() -> None:
+        async with db.connection() as conn:
+            for m in await migrate.apply(conn, SCHEMA, all_migrations):
+                log.info("migration_applied", schema=SCHEMA, version=m.version, name=m.name)
+
+    startup = Startup(log, registry, [("database", open_db), ("migrations", apply_migrations)])
+    st = State(
+        config=config,
+        log=log,
+        db=db,
+        kit=kit,
+        startup=startup,
+        registry=registry,
+        tokens_issued=Counter("tether_tokens_issued_total", "Connection tokens issued", registry=registry),
+        token_consumes=Counter(
+            "tether_token_consume_total", "Token consume attempts by outcome", ["outcome"], registry=registry
+        ),
+        logins=Counter("tether_logins_total", "Browser log-ins by outcome", ["outcome"], registry=registry),
+        db_pool=Gauge("tether_db_pool_connections", "Database pool connections", ["state"], registry=registry),
+    )
+    app.extensions["tether"] = st
+    _routes(app, contract)
+    check_routes(app, contract, outside_contract=set())
+
+    @app.before_serving
+    async def _start() -> None:
+        log.info("starting", port=config.port, test_mode=config.test_mode)
+        startup.start()
+        app.extensions["tether_purger"] = asyncio.create_task(_purge_loop(st), name="purge")
+
+    @app.after_serving
+    async def _stop() -> None:
+        purger: asyncio.Task[None] = app.extensions["tether_purger"]
+        purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
+        await startup.stop()
+        await db.close()
+        log.close()
+
+    return app
+
+
+async def _purge_loop(st: State) -> None:
+    """Delete tokens that expired more than an hour ago, once a minute."""
+    await st.startup.ready.wait()
+    while True:
+        try:
+            async with st.db.transaction() as conn:
+                removed = await store.purge_expired(conn, 3600)
+            if removed:
+                st.log.info("tokens_purged", count=removed)
+        except Exception as exc:  # logged; the loop retries in a minute
+            st.log.exception("tokens_purge_failed", exc)
+        await asyncio.sleep(60)
+
+
+# -- authentication helpers ------------------------------------------------------------
+
+
+async def authenticate_user(conn: Connection) -> store.User:
+    header = request.headers.get("Authorization")
+    user: store.User | None = None
+    if header is not None:
+        key = bearer_token(header)
+        user = await store.user_by_api_key(conn, key) if key else None
+    else:
+        session = request.cookies.get(COOKIE)
+        user = await store.user_by_session(conn, session) if session else None
+    if user is None:
+        raise TetherError("unauthenticated", "a valid API key (Bearer) or session cookie is required")
+    logs.bind(user_id=str(user.id))
+    return user
+
+
+def authenticate_service() -> str:
+    key = bearer_token(request.headers.get("Authorization"))
+    if key is not None:
+        matched = [name for name, secret in state().config.service_keys.items() if same_secret(key, secret)]
+        if matched:
+            logs.bind(caller=matched[0])
+            return matched[0]
+    raise TetherError("service_unauthenticated", "a valid service credential is required")
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, default=str), status=status, content_type="application/json")
+
+
+def _ts(value: Any) -> str:
+    return str(value.isoformat())
+
+
+def _routes(app: Quart, contract: OpenApiContract) -> None:
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        st = state()
+        checks = {"migrations": st.startup.is_ready, "postgres": await st.db.ping() if st.db.is_open else False}
+        if all(checks.values()):
+            return _json({"ready": True, "checks": checks})
+        raise TetherError("not_ready", f"not ready: phase {st.startup.phase}", extras={"checks": checks})
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return Response(contract.served_bytes(), content_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        st = state()
+        stats = st.db.stats()
+        st.db_pool.labels("size").set(stats["size"])
+        st.db_pool.labels("idle").set(stats["idle"])
+        st.db_pool.labels("max").set(stats["max"])
+        return Response(generate_latest(st.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/login")
+    async def login() -> Response:
+        st = state()
+        body = await st.kit.json_body("login")
+        async with st.db.transaction() as conn:
+            user = await store.user_by_api_key(conn, body["api_key"])
+            if user is None:
+                st.logins.labels("rejected").inc()
+                raise TetherError("unauthenticated", "unknown API key")
+            logs.bind(user_id=str(user.id))
+            session, expires_at = await store.create_session(
+                conn, user, st.config.web_session_ttl_s, st.kit.failpoints.hit
+            )
+        st.logins.labels("ok").inc()
+        st.log.info("login", user_id=str(user.id))
+        response = _json({"user": {"id": str(user.id), "name": user.name}, "expires_at": _ts(expires_at)})
+        response.set_cookie(
+            COOKIE,
+            session,
+            max_age=st.config.web_session_ttl_s,
+            httponly=True,
+            samesite="Lax",
+            secure=st.config.cookie_secure,
+            path="/",
+        )
+        return response
+
+    @app.post("/v1/logout")
+    async def logout() -> Response:
+        st = state()
+        session = request.cookies.get(COOKIE)
+        if session:
+            async with st.db.transaction() as conn:
+                await store.delete_session(conn, session, st.kit.failpoints.hit)
+        response = Response("", status=204)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Lax", secure=st.config.cookie_secure)
+        return response
+
+    @app.get("/v1/me")
+    async def me() -> Response:
+        st = state()
+        async with st.db.connection() as conn:
+            user = await authenticate_user(conn)
+        return _json({"id": str(user.id), "name": user.name})
+
+    @app.post("/v1/tokens")
+    async def issue_token() -> Response:
+        st = state()
+        async with st.db.connection() as conn:
+            user = await authenticate_user(conn)
+        body = await st.kit.json_body("issueToken")
+        project_id = uuid.UUID(body["project_id"]) if "project_id" in body else None
+        async with st.db.transaction() as conn:
+            issued = await store.issue_token(
+                conn, user, project_id, st.config.token_ttl_s, st.config.token_issue_per_minute, st.kit.failpoints.hit
+            )
+        st.tokens_issued.inc()
+        st.log.info("token_issued", project_id=str(project_id) if project_id else None)
+        return _json(
+            {
+                "token": issued.token,
+                "expires_at": _ts(issued.expires_at),
+                "ttl_s": st.config.token_ttl_s,
+                "project_id": str(project_id) if project_id else None,
+            },
+            status=201,
+        )
+
+    @app.post("/v1/tokens/consume")
+    async def consume_token() -> Response:
+        st = state()
+        caller = authenticate_service()
+        body = await st.kit.json_body("consumeToken")
+        try:
+            async with st.db.transaction() as conn:
+                consumed = await store.consume_token(conn, body["token"], caller, st.kit.failpoints.hit)
+        except TetherError as exc:
+            st.token_consumes.labels(exc.code).inc()
+            raise
+        st.token_consumes.labels("ok").inc()
+        logs.bind(user_id=str(consumed.user_id))
+        st.log.info("token_consumed", project_id=str(consumed.project_id) if consumed.project_id else None)
+        return _json(
+            {
+                "user_id": str(consumed.user_id),
+                "project_id": str(consumed.project_id) if consumed.project_id else None,
+                "issued_at": _ts(consumed.issued_at),
+                "expires_at": _ts(consumed.expires_at),
+            }
+        )

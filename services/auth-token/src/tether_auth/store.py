@@ -1,0 +1,164 @@
+"""SQL of the auth-token service.  Every write is one transaction; failpoints sit after
+each writing statement so QA can prove a failed write leaves nothing behind."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tether_kit.db import Connection
+from tether_kit.errors import TetherError
+
+from .secrets import SESSION_PREFIX, TOKEN_PREFIX, digest, new_secret
+
+Failpoint = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class User:
+    id: uuid.UUID
+    name: str
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_at: dt.datetime
+    project_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class ConsumedToken:
+    user_id: uuid.UUID
+    project_id: uuid.UUID | None
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+
+
+async def user_by_api_key(conn: Connection, api_key: str) -> User | None:
+    row = await conn.fetchrow(
+        """SELECT u.id, u.name FROM api_keys k JOIN users u ON u.id = k.user_id
+           WHERE k.key_hash = $1 AND k.revoked_at IS NULL""",
+        digest(api_key),
+    )
+    return User(row["id"], row["name"]) if row else None
+
+
+async def user_by_session(conn: Connection, session: str) -> User | None:
+    row = await conn.fetchrow(
+        """SELECT u.id, u.name FROM web_sessions s JOIN users u ON u.id = s.user_id
+           WHERE s.session_hash = $1 AND s.expires_at > now()""",
+        digest(session),
+    )
+    return User(row["id"], row["name"]) if row else None
+
+
+async def create_session(conn: Connection, user: User, ttl_s: int, failpoint: Failpoint) -> tuple[str, dt.datetime]:
+    session = new_secret(SESSION_PREFIX)
+    expires_at: dt.datetime = await conn.fetchval(
+        """INSERT INTO web_sessions (session_hash, user_id, expires_at)
+           VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING expires_at""",
+        digest(session),
+        user.id,
+        ttl_s,
+    )
+    failpoint("login.after_insert_session")
+    return session, expires_at
+
+
+async def delete_session(conn: Connection, session: str, failpoint: Failpoint) -> None:
+    await conn.execute("DELETE FROM web_sessions WHERE session_hash = $1", digest(session))
+    failpoint("logout.after_delete_session")
+
+
+async def issue_token(
+    conn: Connection,
+    user: User,
+    project_id: uuid.UUID | None,
+    ttl_s: int,
+    per_minute: int,
+    failpoint: Failpoint,
+) -> IssuedToken:
+    recent: int = await conn.fetchval(
+        "SELECT count(*) FROM connection_tokens WHERE user_id = $1 AND issued_at > now() - interval '60 seconds'",
+        user.id,
+    )
+    if recent >= per_minute:
+        raise TetherError(
+            "rate_limited",
+            f"at most {per_minute} connection tokens per minute",
+            extras={"limit": "token_issue"},
+            retry_after_s=5,
+        )
+    token = new_secret(TOKEN_PREFIX)
+    expires_at: dt.datetime = await conn.fetchval(
+        """INSERT INTO connection_tokens (token_hash, user_id, project_id, expires_at)
+           VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at""",
+        digest(token),
+        user.id,
+        project_id,
+        ttl_s,
+    )
+    failpoint("tokens.issue.after_insert")
+    return IssuedToken(token, expires_at, project_id)
+
+
+# One statement consumes: the UPDATE's WHERE is re-checked under the row lock, so of
+# any number of concurrent consumes exactly one gets the row back.  The CTE ``before``
+# reads the statement's snapshot and tells the losers why they lost.
+_CONSUME = """
+WITH before AS (
+    SELECT consumed_at, expires_at <= now() AS expired
+    FROM connection_tokens WHERE token_hash = $1
+), won AS (
+    UPDATE connection_tokens SET consumed_at = now(), consumed_by = $2
+    WHERE token_hash = $1 AND consumed_at IS NULL AND expires_at > now()
+    RETURNING user_id, project_id, issued_at, expires_at
+)
+SELECT (SELECT count(*) FROM before) AS known,
+       (SELECT consumed_at IS NOT NULL FROM before) AS used,
+       (SELECT expired FROM before) AS expired,
+       won.*
+FROM (SELECT 1) AS one LEFT JOIN won ON true
+"""
+
+
+async def consume_token(conn: Connection, token: str, service: str, failpoint: Failpoint) -> ConsumedToken:
+    row = await conn.fetchrow(_CONSUME, digest(token), service)
+    assert row is not None  # the query always returns one row
+    if row["user_id"] is not None:
+        failpoint("tokens.consume.after_update")
+        return ConsumedToken(row["user_id"], row["project_id"], row["issued_at"], row["expires_at"])
+    if not row["known"]:
+        raise TetherError("token_unknown", "no such connection token")
+    if row["used"]:
+        raise TetherError("token_used", "connection token was already used")
+    if row["expired"]:
+        raise TetherError("token_expired", "connection token expired; fetch a new one")
+    # Unused and unexpired in our snapshot, yet the UPDATE found it taken: a concurrent
+    # consume won the row lock first.
+    raise TetherError("token_used", "connection token was already used")
+
+
+async def purge_expired(conn: Connection, older_than_s: int) -> int:
+    result: str = await conn.execute(
+        "DELETE FROM connection_tokens WHERE expires_at < now() - make_interval(secs => $1)", older_than_s
+    )
+    return int(result.split()[-1])
+
+
+async def create_user(conn: Connection, name: str) -> User:
+    row = await conn.fetchrow("INSERT INTO users (name) VALUES ($1) RETURNING id, name", name)
+    assert row is not None
+    return User(row["id"], row["name"])
+
+
+async def find_user(conn: Connection, name: str) -> User | None:
+    row = await conn.fetchrow("SELECT id, name FROM users WHERE name = $1", name)
+    return User(row["id"], row["name"]) if row else None
+
+
+async def add_api_key(conn: Connection, user: User, api_key: str) -> None:
+    await conn.execute("INSERT INTO api_keys (key_hash, user_id) VALUES ($1, $2)", digest(api_key), user.id)
