@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -37,7 +37,8 @@ CONNECTIVITY_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 # The type handlers receive: a pooled connection (or a plain one in admin commands).
-Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+# A string alias: asyncpg's classes are generic only in the stubs, not at run time.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
 def is_connectivity_error(exc: BaseException) -> bool:

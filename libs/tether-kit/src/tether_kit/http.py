@@ -19,8 +19,9 @@ import time
 import uuid
 from typing import Any
 
+import jsonschema
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from quart import Quart, Response, request
+from quart import Quart, Response, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 from . import logs
@@ -81,7 +82,7 @@ class Failpoints:
         self.enabled = enabled
 
     def hit(self, name: str) -> None:
-        if self.enabled and request.headers.get(FAILPOINT_HEADER) == name:
+        if self.enabled and has_request_context() and request.headers.get(FAILPOINT_HEADER) == name:
             raise TetherError("failpoint", f"failpoint {name} armed", extras={"failpoint": name})
 
 
@@ -222,12 +223,29 @@ class HttpKit:
         error = next(iter(validator.iter_errors(value)), None)
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            message = schema_error_message(error)
             raise TetherError(
                 "validation_failed",
-                f"{where}: {error.message}"[:300],
-                extras={"errors": [{"path": where, "message": error.message[:300]}]},
+                f"{where}: {message}"[:300],
+                extras={"errors": [{"path": where, "message": message}]},
             )
         return value
+
+
+# jsonschema messages for these keywords name properties, never the offending value.
+_VALUE_FREE_KEYWORDS = frozenset({"required", "additionalProperties", "unevaluatedProperties"})
+
+
+def schema_error_message(error: jsonschema.ValidationError) -> str:
+    """A validation message that never repeats the rejected value.
+
+    jsonschema's own messages quote the instance (``'tt_…' is too long``); a secret sent
+    in the wrong field would then reach the log line (F07).  Name the keyword instead.
+    """
+    if error.validator in _VALUE_FREE_KEYWORDS:
+        return error.message[:300]
+    constraint = json.dumps(error.validator_value, default=str)
+    return f"value fails {error.validator} {constraint}"[:300]
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -24,7 +24,7 @@ from .logs import JsonLogger
 
 
 class _ForwardToJson(logging.Handler):
-    """Routes Hypercorn's stdlib log records into the service's JSON log."""
+    """Routes stdlib log records (Hypercorn, asyncpg, Quart) into the service's JSON log."""
 
     def __init__(self, log: JsonLogger) -> None:
         super().__init__()
@@ -34,7 +34,10 @@ class _ForwardToJson(logging.Handler):
         level = "error" if record.levelno >= logging.ERROR else "warning"
         if record.levelno < logging.WARNING:
             level = "info"
-        self.log.log(level, "hypercorn", message=record.getMessage()[:1000])
+        fields: dict[str, str] = {"logger": record.name, "message": record.getMessage()[:1000]}
+        if record.exc_info and record.exc_info[1] is not None:
+            fields["exc"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"[:500]
+        self.log.log(level, "library_log", **fields)
 
 
 def make_socket(host: str, port: int) -> socket.socket:
@@ -60,11 +63,9 @@ def run(
     config = Config()
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
-    hyper_log = logging.getLogger(f"hypercorn.{log.service}")
-    hyper_log.handlers = [_ForwardToJson(log)]
-    hyper_log.propagate = False
-    hyper_log.setLevel(logging.WARNING)
-    config.errorlog = hyper_log
+    # Every library's stdlib logging (hypercorn, asyncpg, quart) becomes JSON lines too.
+    logging.basicConfig(handlers=[_ForwardToJson(log)], level=logging.WARNING, force=True)
+    config.errorlog = logging.getLogger(f"hypercorn.{log.service}")
     config.graceful_timeout = graceful_timeout
     config.websocket_max_message_size = max_message_size
     config.websocket_ping_interval = None

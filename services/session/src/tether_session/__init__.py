@@ -1,0 +1,1 @@
+"""Tether session service."""

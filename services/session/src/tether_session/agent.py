@@ -1,0 +1,132 @@
+"""Agents answer prompts by publishing events to the log through the same append path
+as the HTTP ingest endpoint (they never write to sockets).
+
+* :class:`BuiltinAgent`: a deterministic streaming echo (``TETHER_AGENT_URL=builtin``):
+  the answer "You said: <text>" split into ``agent_chunks`` ``agent_chunk`` events,
+  ``agent_delay_ms`` apart, then one ``agent_done``.  Event ids are derived from the
+  prompt's seq, so a retried publish is stored once.
+* :class:`WebhookAgent`: POSTs each prompt to an agent running elsewhere (a serverless
+  function) with the URL of the ingest endpoint to call back; if the agent cannot be
+  reached after retries, an ``agent_error`` event says so in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+
+from tether_kit.logs import JsonLogger
+
+from .store import Appended, NewEvent
+
+Publish = Callable[[uuid.UUID, Sequence[NewEvent]], Awaitable[list[Appended]]]
+
+
+def split_answer(text: str, chunks: int) -> list[str]:
+    """``"You said: <text>"`` in ``chunks`` contiguous parts (sizes differ by at most one)."""
+    answer = f"You said: {text}"
+    count = max(1, chunks)
+    size, extra = divmod(len(answer), count)
+    parts, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        parts.append(answer[start:end])
+        start = end
+    return parts
+
+
+class AgentRunner:
+    """Owns the agents' tasks: started per prompt, awaited or cancelled at shutdown."""
+
+    def __init__(self, log: JsonLogger) -> None:
+        self.log = log
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, name: str, work: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # logged; the agent's failure is also visible in the log as agent_error
+                self.log.exception("agent_failed", exc, task=name)
+
+        task = asyncio.create_task(guarded(), name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def shutdown(self, timeout_s: float) -> None:
+        if self.tasks:
+            _done, pending = await asyncio.wait(set(self.tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+
+class BuiltinAgent:
+    def __init__(self, publish: Publish, *, chunks: int, delay_ms: int) -> None:
+        self.publish = publish
+        self.chunks = chunks
+        self.delay_s = delay_ms / 1000
+
+    async def answer(self, project_id: uuid.UUID, prompt_seq: int, text: str) -> None:
+        parts = split_answer(text, self.chunks)
+        for index, part in enumerate(parts):
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            await self.publish(
+                project_id,
+                [
+                    NewEvent(
+                        f"agent-{prompt_seq}-{index}",
+                        "agent_chunk",
+                        {"text": part, "index": index, "prompt_seq": prompt_seq},
+                    )
+                ],
+            )
+        await self.publish(
+            project_id,
+            [NewEvent(f"agent-{prompt_seq}-done", "agent_done", {"prompt_seq": prompt_seq, "chunks": len(parts)})],
+        )
+
+
+class WebhookAgent:
+    def __init__(self, publish: Publish, log: JsonLogger, *, url: str, key: str, public_url: str) -> None:
+        self.publish = publish
+        self.log = log
+        self.url = url
+        self.key = key
+        self.public_url = public_url
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def answer(self, project_id: uuid.UUID, prompt_seq: int, text: str) -> None:
+        body: dict[str, Any] = {
+            "project_id": str(project_id),
+            "prompt_seq": prompt_seq,
+            "text": text,
+            "callback_url": f"{self.public_url}/v1/projects/{project_id}/events",
+        }
+        reason = ""
+        for attempt in range(3):
+            try:
+                response = await self.http.post(self.url, json=body, headers={"Authorization": f"Bearer {self.key}"})
+            except httpx.HTTPError as exc:
+                reason = f"{type(exc).__name__}"
+            else:
+                if response.status_code < 300:
+                    return
+                reason = f"agent answered {response.status_code}"
+            self.log.warning("agent_webhook_failed", attempt=attempt + 1, reason=reason, project_id=str(project_id))
+            await asyncio.sleep(0.2 * 2**attempt)
+        await self.publish(
+            project_id,
+            [NewEvent(f"agent-{prompt_seq}-error", "agent_error", {"prompt_seq": prompt_seq, "reason": reason})],
+        )

@@ -1,0 +1,212 @@
+"""SQL of the session service: projects, and the event log's append and reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import unicodedata
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tether_kit.db import Connection
+from tether_kit.errors import TetherError
+
+Failpoint = Callable[[str], None]
+NOTIFY_CHANNEL = "tether_events"
+
+
+@dataclass(frozen=True)
+class Project:
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    slug: str
+    name: str
+    created_at: dt.datetime
+    last_seq: int
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "slug": self.slug,
+            "name": self.name,
+            "created_at": self.created_at.isoformat(),
+            "last_seq": self.last_seq,
+        }
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    event_id: str
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Appended:
+    event_id: str
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    event_id: str
+    kind: str
+    data_json: str
+    ts: dt.datetime
+
+
+_PROJECT_COLS = "id, owner_id, slug, name, created_at, last_seq"
+
+
+def _project(row: Any) -> Project:
+    return Project(row["id"], row["owner_id"], row["slug"], row["name"], row["created_at"], row["last_seq"])
+
+
+def slug_base(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    base = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:50].strip("-")
+    return base or "project"
+
+
+async def create_project(
+    conn: Connection, owner: uuid.UUID, name: str, idempotency_key: str | None, failpoint: Failpoint
+) -> tuple[Project, bool]:
+    """Create a project with a slug unique per owner.  Returns (project, replayed)."""
+    # Creates of one owner serialise here, so slug choice and the idempotency check
+    # see every committed create of that owner.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tether.projects.' || $1::uuid::text))", owner)
+    if idempotency_key is not None:
+        row = await conn.fetchrow(
+            f"""SELECT i.name AS requested, {", ".join("p." + c for c in _PROJECT_COLS.split(", "))}
+                FROM project_idempotency i JOIN projects p ON p.id = i.project_id
+                WHERE i.owner_id = $1 AND i.key = $2""",
+            owner,
+            idempotency_key,
+        )
+        if row is not None:
+            if row["requested"] != name:
+                raise TetherError("idempotency_conflict", "Idempotency-Key was used with a different name")
+            return _project(row), True
+    base = slug_base(name)
+    taken = {
+        r["slug"]
+        for r in await conn.fetch(
+            "SELECT slug FROM projects WHERE owner_id = $1 AND (slug = $2 OR slug LIKE $2 || '-%')", owner, base
+        )
+    }
+    slug, n = base, 1
+    while slug in taken:
+        n += 1
+        slug = f"{base}-{n}"
+    row = await conn.fetchrow(
+        f"INSERT INTO projects (owner_id, slug, name) VALUES ($1, $2, $3) RETURNING {_PROJECT_COLS}", owner, slug, name
+    )
+    failpoint("projects.create.after_insert_project")
+    project = _project(row)
+    if idempotency_key is not None:
+        await conn.execute(
+            "INSERT INTO project_idempotency (owner_id, key, name, project_id) VALUES ($1, $2, $3, $4)",
+            owner,
+            idempotency_key,
+            name,
+            project.id,
+        )
+        failpoint("projects.create.after_insert_idempotency")
+    return project, False
+
+
+async def list_projects(conn: Connection, owner: uuid.UUID) -> list[Project]:
+    rows = await conn.fetch(
+        f"SELECT {_PROJECT_COLS} FROM projects WHERE owner_id = $1 ORDER BY created_at DESC, id", owner
+    )
+    return [_project(r) for r in rows]
+
+
+async def project_by_id(conn: Connection, owner: uuid.UUID, project_id: uuid.UUID) -> Project | None:
+    row = await conn.fetchrow(
+        f"SELECT {_PROJECT_COLS} FROM projects WHERE id = $1 AND owner_id = $2", project_id, owner
+    )
+    return _project(row) if row else None
+
+
+async def project_by_slug(conn: Connection, owner: uuid.UUID, slug: str) -> Project | None:
+    row = await conn.fetchrow(f"SELECT {_PROJECT_COLS} FROM projects WHERE slug = $1 AND owner_id = $2", slug, owner)
+    return _project(row) if row else None
+
+
+async def project_exists(conn: Connection, project_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project_id))
+
+
+async def delete_project(conn: Connection, owner: uuid.UUID, project_id: uuid.UUID, failpoint: Failpoint) -> bool:
+    result: str = await conn.execute("DELETE FROM projects WHERE id = $1 AND owner_id = $2", project_id, owner)
+    failpoint("projects.delete.after_delete")
+    return result.endswith(" 1")
+
+
+async def append_events(
+    conn: Connection, project_id: uuid.UUID, events: Sequence[NewEvent], failpoint: Failpoint
+) -> tuple[list[Appended], int]:
+    """Append events idempotently (by event_id) with gapless seqs; NOTIFY on commit.
+
+    Must run inside a transaction.  The project row lock is taken first, so the check
+    for already-stored event ids sees every committed append of this project.
+    """
+    last: int | None = await conn.fetchval("SELECT last_seq FROM projects WHERE id = $1 FOR UPDATE", project_id)
+    if last is None:
+        raise TetherError("not_found", "no such project")
+    ids = [e.event_id for e in events]
+    existing = {
+        r["event_id"]: r["seq"]
+        for r in await conn.fetch(
+            "SELECT event_id, seq FROM events WHERE project_id = $1 AND event_id = ANY($2::text[])", project_id, ids
+        )
+    }
+    results: list[Appended] = []
+    rows: list[tuple[uuid.UUID, int, str, str, str]] = []
+    seen_in_batch: dict[str, int] = {}
+    seq = last
+    for event in events:
+        known = existing.get(event.event_id, seen_in_batch.get(event.event_id))
+        if known is not None:
+            results.append(Appended(event.event_id, known, True))
+            continue
+        seq += 1
+        seen_in_batch[event.event_id] = seq
+        rows.append((project_id, seq, event.event_id, event.kind, json.dumps(event.data, separators=(",", ":"))))
+        results.append(Appended(event.event_id, seq, False))
+    if rows:
+        await conn.executemany(
+            "INSERT INTO events (project_id, seq, event_id, kind, data) VALUES ($1, $2, $3, $4, $5::jsonb)", rows
+        )
+        failpoint("events.append.after_insert")
+        await conn.execute("UPDATE projects SET last_seq = $2 WHERE id = $1", project_id, seq)
+        failpoint("events.append.after_update_seq")
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{project_id}:{seq}")
+    return results, seq
+
+
+async def read_events(conn: Connection, project_id: uuid.UUID, after: int, limit: int) -> list[StoredEvent]:
+    rows = await conn.fetch(
+        """SELECT seq, event_id, kind, data::text AS data, created_at FROM events
+           WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3""",
+        project_id,
+        after,
+        limit,
+    )
+    return [StoredEvent(r["seq"], r["event_id"], r["kind"], r["data"], r["created_at"]) for r in rows]
+
+
+async def last_seq(conn: Connection, project_id: uuid.UUID) -> int | None:
+    value: int | None = await conn.fetchval("SELECT last_seq FROM projects WHERE id = $1", project_id)
+    return value
+
+
+async def first_seq(conn: Connection, project_id: uuid.UUID) -> int | None:
+    value: int | None = await conn.fetchval("SELECT min(seq) FROM events WHERE project_id = $1", project_id)
+    return value

@@ -1,0 +1,80 @@
+"""Routes outside the OpenAPI contract: the browser client, the demo page, WS rejections."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from quart import Quart, Response
+
+from tether_kit.errors import Catalogue, TetherError
+from tether_kit.http import PROBLEM_JSON, REQUEST_ID_HEADER
+from tether_kit.logs import JsonLogger
+
+from .config import Config
+
+RULES = {"/", "/p/<slug>", "/tether.js", "/demo/config.json", "/demo/<path:name>", "/v1/ws"}
+
+_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml"}
+
+
+def _file(path: Path) -> Response:
+    if not path.is_file():
+        raise TetherError("http_not_found", f"{path.name} is not part of the demo")
+    return Response(
+        path.read_bytes(),
+        content_type=_TYPES.get(path.suffix, "application/octet-stream"),
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def register(app: Quart, config: Config) -> None:
+    root = config.web_root
+    demo = root / "demo"
+
+    @app.get("/tether.js")
+    async def tether_js() -> Response:
+        return _file(root / "tether.js")
+
+    @app.get("/")
+    async def index() -> Response:
+        return _file(demo / "index.html")
+
+    @app.get("/p/<slug>")
+    async def project_page(slug: str) -> Response:
+        return _file(demo / "index.html")
+
+    @app.get("/demo/config.json")
+    async def demo_config() -> Response:
+        body = {
+            "auth_url": config.public_auth_url,
+            "session_url": config.public_url,
+            "ws_urls": list(config.public_ws_urls),
+        }
+        return Response(json.dumps(body), content_type="application/json")
+
+    @app.get("/demo/<path:name>")
+    async def demo_asset(name: str) -> Response:
+        target = (demo / name).resolve()
+        if demo.resolve() not in target.parents:
+            raise TetherError("http_not_found", "not part of the demo")
+        return _file(target)
+
+
+def ws_rejection(log: JsonLogger, error: TetherError, catalogue: Catalogue) -> Response:
+    """Before accept the only answer is HTTP: a problem+json rejection and one log line."""
+    spec = catalogue[error.code]
+    request_id = uuid.uuid4().hex
+    log.warning("ws_rejected", code=spec.code, status=spec.status, detail=error.detail, request_id=request_id)
+    body = {
+        "type": f"https://tether.dev/errors/{spec.code}",
+        "title": spec.title,
+        "status": spec.status,
+        "code": spec.code,
+        "detail": error.detail,
+        "request_id": request_id,
+    }
+    return Response(
+        json.dumps(body), status=spec.status, content_type=PROBLEM_JSON, headers={REQUEST_ID_HEADER: request_id}
+    )
