@@ -37,7 +37,7 @@ from .connection import Connection, jitter_ms, origin_refusal
 from .fanout import Hub, Listener
 from .frames import Frames
 from .metrics import Metrics
-from .protocol import CloseCatalogue, SessionError
+from .protocol import CloseCatalogue, SessionError, TokenBucket
 
 SERVICE = "session"
 SCHEMA = "session"
@@ -85,6 +85,17 @@ class State:
     draining: bool = False
     connections: dict[str, Connection] = field(default_factory=dict)
     user_connections: dict[uuid.UUID, int] = field(default_factory=dict)
+    ip_buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def ip_bucket(self, ip: str) -> TokenBucket:
+        """Per-IP connect rate limit (in memory, per replica; bounded to 10,000 addresses)."""
+        bucket = self.ip_buckets.get(ip)
+        if bucket is None:
+            if len(self.ip_buckets) >= 10_000:
+                self.ip_buckets.clear()
+            per_minute = self.config.connects_per_ip_per_minute
+            bucket = self.ip_buckets[ip] = TokenBucket(per_minute / 60, max(1.0, per_minute / 6))
+        return bucket
 
     async def publish(
         self, project_id: uuid.UUID, events: Sequence[store.NewEvent], *, source: str
@@ -213,14 +224,17 @@ def create_app(config: Config | None = None) -> Quart:
     async def _start() -> None:
         log.info("starting", port=config.port, test_mode=config.test_mode, agent=config.agent_url.split("?")[0])
         startup.start()
+        if config.retention_events > 0:
+            app.extensions["tether_pruner"] = asyncio.create_task(_prune_loop(st), name="retention")
 
     @app.after_serving
     async def _stop() -> None:
-        listener_task: asyncio.Task[None] | None = app.extensions.get("tether_listener")
-        if listener_task is not None:
-            listener_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener_task
+        for name in ("tether_listener", "tether_pruner"):
+            task: asyncio.Task[None] | None = app.extensions.get(name)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await st.agents.shutdown(1.0)
         await startup.stop()
         await auth.aclose()
@@ -230,6 +244,20 @@ def create_app(config: Config | None = None) -> Quart:
         log.close()
 
     return app
+
+
+async def _prune_loop(st: State) -> None:
+    """Retention (TETHER_RETENTION_EVENTS > 0): prune every project's log periodically."""
+    await st.startup.ready.wait()
+    while True:
+        try:
+            async with st.db.transaction() as conn:
+                removed = await store.prune(conn, st.config.retention_events)
+            if removed:
+                st.log.info("events_pruned", count=removed, keep=st.config.retention_events)
+        except Exception as exc:  # logged; retried at the next interval
+            st.log.exception("events_prune_failed", exc)
+        await asyncio.sleep(st.config.retention_interval_s)
 
 
 async def current_user() -> AuthUser:

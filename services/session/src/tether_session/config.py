@@ -39,6 +39,9 @@ class Config:
     send_timeout_ms: int
     replay_page: int
     retention_events: int
+    retention_interval_s: float
+    max_connections: int
+    connects_per_ip_per_minute: int
     drain_window_ms: int
     drain_timeout_s: float
     agent_chunks: int
@@ -86,6 +89,9 @@ class Config:
             send_timeout_ms=env_int("TETHER_SEND_TIMEOUT_MS", 10000),
             replay_page=env_int("TETHER_REPLAY_PAGE", 1000),
             retention_events=env_int("TETHER_RETENTION_EVENTS", 0),
+            retention_interval_s=env_float("TETHER_RETENTION_INTERVAL_S", 30.0),
+            max_connections=env_int("TETHER_MAX_CONNECTIONS", 20000),
+            connects_per_ip_per_minute=env_int("TETHER_CONNECTS_PER_IP_PER_MINUTE", 600),
             drain_window_ms=env_int("TETHER_DRAIN_WINDOW_MS", 2000),
             drain_timeout_s=env_float("TETHER_DRAIN_TIMEOUT_S", 10.0),
             agent_chunks=env_int("TETHER_AGENT_CHUNKS", 8),

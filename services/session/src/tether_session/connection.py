@@ -191,6 +191,17 @@ class Connection:
                 raise SessionError("starting_up", retry_after_ms=jitter_ms(500, 2000)) from None
         if st.draining:
             raise SessionError("draining", retry_after_ms=jitter_ms(100, st.config.drain_window_ms))
+        if len(st.connections) > st.config.max_connections:
+            raise SessionError(
+                "overloaded",
+                f"replica holds {st.config.max_connections} connections",
+                retry_after_ms=jitter_ms(1000, 5000),
+            )
+        if not st.ip_bucket(self.ws.headers.get("Remote-Addr", "?")).take(time.monotonic()):
+            st.metrics.rate_limited.labels("connects_per_ip").inc()
+            raise SessionError(
+                "rate_limited", "too many connection attempts from this address", retry_after_ms=jitter_ms(1000, 5000)
+            )
         init = await self._receive()
         await self._authenticate(init)
         async with asyncio.TaskGroup() as group:

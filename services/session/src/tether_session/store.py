@@ -210,3 +210,14 @@ async def last_seq(conn: Connection, project_id: uuid.UUID) -> int | None:
 async def first_seq(conn: Connection, project_id: uuid.UUID) -> int | None:
     value: int | None = await conn.fetchval("SELECT min(seq) FROM events WHERE project_id = $1", project_id)
     return value
+
+
+async def prune(conn: Connection, keep: int) -> int:
+    """Retention: keep the last ``keep`` events of every project (older ones are deleted).
+
+    A resume from before what is kept gets ``resume_unavailable``, never a partial replay.
+    """
+    result: str = await conn.execute(
+        "DELETE FROM events e USING projects p WHERE e.project_id = p.id AND e.seq <= p.last_seq - $1", keep
+    )
+    return int(result.split()[-1])
