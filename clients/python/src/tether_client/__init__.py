@@ -1,0 +1,46 @@
+"""Tether's Python client: the session SDK (trio) and the ``tether`` CLI.
+
+Start with :func:`open_session` (a resilient session over WebSocket), :class:`AuthClient`
+(API key -> connection tokens) and :class:`SessionHttp` (projects, close codes).
+"""
+
+from .errors import (
+    TetherClosed,
+    TetherError,
+    TetherGaveUp,
+    TetherHTTPError,
+    TetherProtocolError,
+    TetherTransportError,
+)
+from .http import AuthClient, EventPage, IssuedToken, Project, Readiness, SessionHttp, User, http_url, ws_url
+from .protocol import CloseCatalogue, CloseCode, Event, Ready
+from .session import EventStream, Session, SessionStats, open_session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthClient",
+    "CloseCatalogue",
+    "CloseCode",
+    "Event",
+    "EventPage",
+    "EventStream",
+    "IssuedToken",
+    "Project",
+    "Readiness",
+    "Ready",
+    "Session",
+    "SessionHttp",
+    "SessionStats",
+    "TetherClosed",
+    "TetherError",
+    "TetherGaveUp",
+    "TetherHTTPError",
+    "TetherProtocolError",
+    "TetherTransportError",
+    "User",
+    "__version__",
+    "http_url",
+    "open_session",
+    "ws_url",
+]
