@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-port", type=int, default=55432)
     parser.add_argument("--auth-port", type=int, default=8001)
     parser.add_argument("--session-port", type=int, default=8002)
+    parser.add_argument(
+        "--proxy-port", type=int, default=8080, help="with --replicas > 1: the one URL in front of the replicas"
+    )
     parser.add_argument("--check", action="store_true", help="start, verify readiness, then stop (smoke test)")
     args = parser.parse_args(argv)
     STATE.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     ingest_key = secrets.token_urlsafe(24)
     session_ports = [args.session_port + i for i in range(args.replicas)]
     origins = ",".join(f"http://{h}:{p}" for p in session_ports for h in ("127.0.0.1", "localhost"))
+    # --- local proxy (only with --replicas > 1; N=1 is unchanged) ---------------------------
+    # One URL for all session replicas (infra/tether_dev/proxy.py, round robin over the
+    # replicas whose /readyz is 200): the demo page, the public URL and the WebSocket URL all
+    # point at it, and its origin is allowed for CORS and the WebSocket Origin check.
+    proxy_url = f"http://127.0.0.1:{args.proxy_port}" if args.replicas > 1 else None
+    proxy_env: dict[str, str] = {}
+    if proxy_url is not None:
+        origins += f",{proxy_url},http://localhost:{args.proxy_port}"
+        proxy_env = {
+            "TETHER_PUBLIC_URL": proxy_url,
+            "TETHER_PUBLIC_WS_URLS": proxy_url.replace("http://", "ws://", 1) + "/v1/ws",
+        }
+    # ------------------------------------------------------------------------------------------
     base_env = {**os.environ, "DATABASE_URL": database_url}
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -116,10 +132,22 @@ def main(argv: list[str] | None = None) -> int:
                     "TETHER_PUBLIC_AUTH_URL": auth_url,
                     "TETHER_PUBLIC_WS_URLS": ",".join(f"ws://127.0.0.1:{p}/v1/ws" for p in session_ports),
                     "TETHER_REPLICA": f"session-{port}",
+                    **proxy_env,
                 },
                 f"session-{port}.log",
             )
             _wait_ready(url, proc)
+        if proxy_url is not None:  # --- local proxy: started once every replica is ready ---
+            log = open(STATE / "proxy.log", "ab")  # noqa: SIM115 - owned by the child process for its lifetime
+            backends = [arg for p in session_ports for arg in ("--backend", f"127.0.0.1:{p}")]
+            proxy = subprocess.Popen(
+                [sys.executable, "-m", "tether_dev.proxy", "--port", str(args.proxy_port), *backends],
+                env=base_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            procs.append(proxy)
+            _wait_ready(proxy_url, proxy)
         demo = subprocess.run(
             [sys.executable, "-m", "tether_auth.cli", "--database-url", database_url, "demo-user"],
             check=True,
@@ -128,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout
         api_key = next(line.split("=", 1)[1] for line in demo.splitlines() if line.startswith("api_key="))
         first = f"http://127.0.0.1:{session_ports[0]}"
+        if proxy_url is not None:  # --- local proxy: the demo page is served through it ---
+            first = proxy_url
         print(
             f"""
 Tether is up.

@@ -90,4 +90,7 @@ def run(
     try:
         uvloop.run(main())
     finally:
-        sock.close()
+        # Hypercorn (bind fd://) closes the descriptor itself when it stops; closing it here
+        # again raised EBADF (exit code 1 on every SIGTERM) or could close an unrelated file
+        # that reused the number.  Give up our claim on it instead.
+        sock.detach()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,5 +108,5 @@ class Config:
             contracts_dir=openapi.parent,
             web_root=Path(env_str("TETHER_WEB_ROOT", str(web_default))),
             db_pool_max=env_int("TETHER_DB_POOL_MAX", 20),
-            replica=env_str("TETHER_REPLICA", f"{host}:{port}"),
+            replica=env_str("TETHER_REPLICA", f"{socket.gethostname()}-{os.getpid()}"),
         )

@@ -1,0 +1,1 @@
+"""Deployment files (Dockerfiles, compose, Kubernetes, Grafana) and the local proxy."""
