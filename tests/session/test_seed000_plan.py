@@ -35,7 +35,8 @@ async def test_F33_seed000_plan_create_list_slug_connect_prompt_stream(stack: St
         assert ack["duplicate"] is False
         events = await ws.events_until(lambda e: e["kind"] == "agent_done")
     kinds = [e["kind"] for e in events]
-    assert kinds[0] == "prompt" and kinds[-1] == "agent_done"
+    assert kinds[0] == "prompt"
+    assert kinds[-1] == "agent_done"
     chunks = [e["data"]["text"] for e in events if e["kind"] == "agent_chunk"]
     assert len(chunks) == 5
     assert "".join(chunks) == "You said: build me a todo app"

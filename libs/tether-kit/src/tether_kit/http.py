@@ -167,6 +167,11 @@ class HttpKit:
         logs.bind(request_id=request_id)
         request.environ_request_id = request_id  # type: ignore[attr-defined]
         request.started_at = time.perf_counter()  # type: ignore[attr-defined]
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            # Read (and cache) the body before any handler can answer early (401, 503):
+            # Hypercorn drops a keep-alive connection whose request body was left unread,
+            # without a ``Connection: close``, and pooled clients then fail their next call.
+            await request.get_data(cache=True)
         if FAILPOINT_HEADER in request.headers and not self.failpoints.enabled:
             raise TetherError("failpoints_disabled", "failpoints can only be armed in test mode")
 
@@ -185,6 +190,11 @@ class HttpKit:
                 )
                 response.headers["Access-Control-Max-Age"] = "600"
         response.headers.add("Vary", "Origin")
+        if response.status_code >= 400 and (request.content_length or "Transfer-Encoding" in request.headers):
+            # Errors raised before the body is read (auth, 413, 415) make Hypercorn close the
+            # connection once the response is out; announce it so that clients do not reuse
+            # a connection that is going away (RFC 9112 section 9.6).
+            response.headers["Connection"] = "close"
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         self.requests.labels(route, request.method, str(response.status_code)).inc()
         started = getattr(request, "started_at", None)

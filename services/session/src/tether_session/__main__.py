@@ -10,14 +10,19 @@ from .config import Config
 
 
 def main() -> None:
-    config = Config.from_env()
-    app = create_app(config)
+    log = logs.from_env(SERVICE)
+    try:
+        config = Config.from_env()
+        app = create_app(config)
+    except Exception as exc:  # a bad contract or configuration: one structured line, then exit non-zero
+        log.exception("startup_failed", exc, phase="create_app")
+        raise SystemExit(3) from exc
     st: State = app.extensions["tether"]
     run(
         app,
         host=config.host,
         port=config.port,
-        log=logs.from_env(SERVICE),
+        log=log,
         drain=st.drain,
         graceful_timeout=config.drain_timeout_s,
         max_message_size=max(4 * config.max_frame_bytes, 1 << 20),

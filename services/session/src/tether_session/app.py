@@ -60,7 +60,9 @@ class _RecordingWebsocketConnection(ASGIWebsocketConnection):
         while True:
             event = await receive()
             if event["type"] == "websocket.receive":
-                await self.queue.put(event.get("bytes") or event["text"])
+                # an empty binary frame is b"" (falsy): keep it bytes, never None (invalid_frame, not a crash)
+                data = event.get("bytes")
+                await self.queue.put(data if data is not None else event["text"])
             elif event["type"] == "websocket.disconnect":
                 self.scope["tether.client_close_code"] = event.get("code")  # type: ignore[typeddict-unknown-key]
                 return
@@ -154,6 +156,7 @@ def create_app(config: Config | None = None) -> Quart:
         registry=registry,
         cors_origins=config.cors_origins,
         test_mode=config.test_mode,
+        allow_nul=False,  # names and event data go to text/jsonb columns, which cannot hold U+0000
     )
     auth = AuthClient(
         config.auth_url,

@@ -116,6 +116,9 @@ class AuthClient:
         cookies = {"tether_session": session_cookie} if session_cookie and authorization is None else None
         if authorization is None and not cookies:
             raise TetherError("unauthenticated", "a valid API key (Bearer) or session cookie is required")
+        if not (authorization or "").isascii() or not (session_cookie or "").isascii():
+            # Tether credentials are ASCII; httpx cannot forward anything else (it answered 500).
+            raise TetherError("unauthenticated", "a valid API key (Bearer) or session cookie is required")
         try:
             response = await self.http.get("/v1/me", headers=headers, cookies=cookies)
         except httpx.HTTPError as exc:

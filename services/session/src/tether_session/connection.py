@@ -136,17 +136,24 @@ class Connection:
 
     async def _fail(self, error: SessionError) -> None:
         plan = self.machine.fail(error)
+        plan.frame["connection_id"] = self.id  # lets a client quote the id the server logged
         self.close_code = plan.close_code
         self.close_reason = error.name
         self.close_level = plan.level
         if self.project is None:
             self.st.metrics.connects.labels(f"refused:{error.name}").inc()
-        try:
-            async with asyncio.timeout(1.0):
-                await self._send(plan.frame)
-                await self.ws.close(plan.close_code, error.name)
-        except (TimeoutError, OSError) as exc:
-            self.st.log.warning("ws_close_send_failed", code=plan.close_code, reason=type(exc).__name__)
+        # Two steps, each bounded: a frame that times out behind data the peer has not read
+        # (slow_consumer) is still queued, and the close with our code must follow it; without
+        # the second step Quart would close with 1000 once the handler returns.
+        for step in ("error_frame", "close"):
+            try:
+                async with asyncio.timeout(1.0):
+                    if step == "error_frame":
+                        await self._send(plan.frame)
+                    else:
+                        await self.ws.close(plan.close_code, error.name)
+            except (TimeoutError, OSError) as exc:
+                self.st.log.warning("ws_close_send_failed", code=plan.close_code, reason=type(exc).__name__, step=step)
         self.machine.close_sent()
 
     def _release(self) -> None:

@@ -60,7 +60,7 @@ class Frames:
         if len(raw) > max_bytes or len(raw.encode("utf-8")) > max_bytes:
             raise SessionError("frame_too_large", f"frame larger than {max_bytes} bytes")
         try:
-            value = parse_json_text(raw)
+            value = parse_json_text(raw, allow_nul=False)  # prompt text goes to a jsonb column
         except TetherError as exc:
             name = "frame_too_large" if "nesting" in exc.detail else "invalid_frame"
             raise SessionError(name, exc.detail) from exc

@@ -157,6 +157,10 @@ async def append_events(
     Must run inside a transaction.  The project row lock is taken first, so the check
     for already-stored event ids sees every committed append of this project.
     """
+    # Plan the already-stored lookup below with the real array and table size every time: a
+    # generic plan cached while the log was small seq-scans it, and each append then costs
+    # O(log rows x batch) until autovacuum re-analyzes (found by the 100k catch-up test).
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
     last: int | None = await conn.fetchval("SELECT last_seq FROM projects WHERE id = $1 FOR UPDATE", project_id)
     if last is None:
         raise TetherError("not_found", "no such project")

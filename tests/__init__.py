@@ -1,0 +1,1 @@
+"""Tether test suites (a package so that ``tests.support`` imports from every suite)."""

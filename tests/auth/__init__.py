@@ -1,0 +1,1 @@
+"""Black-box tests of the auth-token service (real subprocess, real Postgres)."""

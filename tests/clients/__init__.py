@@ -1,0 +1,1 @@
+"""Black-box tests of the Python client (SDK, CLI, doctor) against the real services."""

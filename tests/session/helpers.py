@@ -1,0 +1,253 @@
+"""Helpers shared by the session black-box tests in this folder (not fixtures).
+
+* :func:`ws_to` opens a schema-checking :class:`~tests.support.session.WsClient` on any
+  :class:`~tests.support.session.SessionReplica` (not only those at an index of a stack).
+* :class:`NewConnection` finds the server-side connection id of a socket the test opened,
+  from the replica's ``ws_open`` lines (an error before ``ready`` tells the client nothing
+  else), so the log checks are about *that* connection only.
+* :func:`assert_closed_as` is the F01 check: the error frame and the close code equal the
+  catalogue entry, the error frame is the last frame, and the replica wrote exactly one
+  ``ws_open`` and one ``ws_close`` line for the connection, at warning/error level, with
+  the reason, the code and the ids known at that point.
+* :class:`RawWs` is a WebSocket client on a raw socket with a tiny receive buffer, which
+  reads only when told to: a consumer that stalls for real (slow_consumer).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import open_websocket_url
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, Request, TextMessage
+
+from tests.support.procs import ServiceProcess
+from tests.support.session import ALLOWED_ORIGIN, Closed, SessionReplica, WsClient, check_server_frame, close_catalogue
+from tests.support.waiting import scaled, wait_until
+
+CATALOGUE = close_catalogue()
+# Failures caused by the server side (its code or its dependencies) are logged at error level.
+SERVER_SIDE = frozenset({"internal_error", "auth_unavailable", "database_unavailable", "overloaded"})
+
+
+@asynccontextmanager
+async def ws_to(
+    replica: SessionReplica, *, origin: str | None = ALLOWED_ORIGIN, connect_timeout: float = 10.0
+) -> AsyncIterator[WsClient]:
+    headers = [("Origin", origin)] if origin is not None else []
+    async with open_websocket_url(
+        replica.ws_url,
+        extra_headers=headers,  # type: ignore[arg-type]
+        connect_timeout=scaled(connect_timeout),
+        disconnect_timeout=scaled(5),
+    ) as ws:
+        yield WsClient(ws)
+
+
+def open_ids(proc: ServiceProcess) -> set[str]:
+    return {line["connection_id"] for line in proc.events("ws_open")}
+
+
+class NewConnection:
+    """Snapshot a replica's connections now; :meth:`id` is the one connection opened since."""
+
+    def __init__(self, proc: ServiceProcess) -> None:
+        self.proc = proc
+        self.before = open_ids(proc)
+
+    def id(self, timeout: float = 10.0) -> str:
+        new = wait_until(
+            lambda: open_ids(self.proc) - self.before,
+            timeout=timeout,
+            what=f"a new ws_open line on {self.proc.name}",
+        )
+        assert len(new) == 1, f"expected one new connection on {self.proc.name}, got {sorted(new)}"
+        return next(iter(new))
+
+
+def close_lines(proc: ServiceProcess, connection_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    return wait_until(
+        lambda: proc.events("ws_close", connection_id=connection_id),
+        timeout=timeout,
+        what=f"the ws_close line of {connection_id}",
+        describe=proc.tail,
+    )
+
+
+def assert_error_frame(closed: Closed, name: str) -> dict[str, Any]:
+    """The client got the catalogue's error frame for ``name``, as the last frame, then that close code."""
+    entry = CATALOGUE[name]
+    assert closed.error is not None, f"silent close: no error frame before close {closed.code} ({closed.frames})"
+    error = closed.error
+    assert closed.frames[-1] is error, f"the error frame must be the last frame: {closed.frames[-3:]}"
+    assert error["code"] == name, error
+    assert error["close_code"] == entry["code"], error
+    assert error["retryable"] is entry["retryable"], error
+    assert error["action"] == entry["action"], error
+    assert error["message"], error
+    assert closed.code == entry["code"], f"WebSocket closed with {closed.code}, catalogue says {entry['code']} ({name})"
+    assert closed.reason == name, f"close reason {closed.reason!r}"
+    return error
+
+
+def assert_close_logged(
+    proc: ServiceProcess,
+    connection_id: str,
+    name: str,
+    *,
+    user_id: str | None = None,
+    project_id: str | None = None,
+    send_may_time_out: bool = False,
+) -> dict[str, Any]:
+    """Exactly one ws_open and one ws_close line for the connection, naming the reason (F01, F40)."""
+    entry = CATALOGUE[name]
+    lines = close_lines(proc, connection_id)
+    assert len(lines) == 1, f"expected one ws_close line for {connection_id}: {lines}"
+    line = lines[0]
+    assert line["reason"] == name, line
+    assert line["code"] == entry["code"], line
+    assert line["level"] == ("error" if name in SERVER_SIDE else "warning"), line
+    assert line["connection_id"] == connection_id
+    assert isinstance(line["duration_ms"], int | float), line
+    assert line["duration_ms"] >= 0, line
+    if user_id is None:
+        assert "user_id" not in line, f"user_id logged although unknown: {line}"
+    else:
+        assert line.get("user_id") == user_id, line
+    if project_id is None:
+        assert "project_id" not in line, f"project_id logged although unknown: {line}"
+    else:
+        assert line.get("project_id") == project_id, line
+    assert len(proc.events("ws_open", connection_id=connection_id)) == 1
+    if not send_may_time_out:
+        failed = proc.events("ws_close_send_failed", connection_id=connection_id)
+        assert failed == [], f"the error frame or close could not be sent: {failed}"
+    assert proc.events("ws_internal_error", connection_id=connection_id) == []
+    return line
+
+
+def assert_closed_as(
+    closed: Closed,
+    proc: ServiceProcess,
+    connection_id: str,
+    name: str,
+    *,
+    user_id: str | None = None,
+    project_id: str | None = None,
+    send_may_time_out: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both sides of F01 for one connection; returns the error frame and the ws_close line."""
+    error = assert_error_frame(closed, name)
+    line = assert_close_logged(
+        proc, connection_id, name, user_id=user_id, project_id=project_id, send_may_time_out=send_may_time_out
+    )
+    return error, line
+
+
+def init_frame(token: str, project: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {"type": "init", "v": 1, "token": token, "project": project, "client_id": "test", **extra}
+
+
+@dataclass
+class RawClosed:
+    frames: list[dict[str, Any]]
+    code: int | None
+    reason: str | None
+
+    def as_closed(self) -> Closed:
+        errors = [f for f in self.frames if f["type"] == "error"]
+        return Closed(self.code, self.reason, errors[-1] if errors else None, self.frames)
+
+
+class RawWs:
+    """A WebSocket client on a raw socket (wsproto) whose receive buffer is tiny, and which
+    reads from the socket only inside :meth:`recv_frame` / :meth:`read_until_closed`."""
+
+    def __init__(self, sock: trio.socket.SocketType, conn: WSConnection) -> None:
+        self.sock = sock
+        self.conn = conn
+        self._pending: list[Any] = []
+        self._text: list[str] = []
+
+    @classmethod
+    async def connect(cls, url: str, *, origin: str = ALLOWED_ORIGIN, rcvbuf: int = 4096) -> RawWs:
+        parts = urlsplit(url)
+        assert parts.hostname is not None
+        assert parts.port is not None
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: fixes the window
+        with trio.fail_after(scaled(10)):
+            await sock.connect((parts.hostname, parts.port))
+        conn = WSConnection(ConnectionType.CLIENT)
+        raw = cls(sock, conn)
+        request = Request(
+            host=f"{parts.hostname}:{parts.port}", target=parts.path, extra_headers=[(b"origin", origin.encode())]
+        )
+        await raw._send(conn.send(request))
+        event = await raw._next_event()
+        if isinstance(event, RejectConnection):
+            raise AssertionError(f"handshake rejected with {event.status_code}")
+        assert isinstance(event, AcceptConnection), event
+        return raw
+
+    async def _send(self, data: bytes) -> None:
+        with trio.fail_after(scaled(10)):
+            view = memoryview(data)
+            while view:
+                sent = await self.sock.send(view)
+                view = view[sent:]
+
+    async def _next_event(self, timeout: float = 10.0) -> Any:
+        with trio.fail_after(scaled(timeout)):
+            while not self._pending:
+                self._pending.extend(self.conn.events())
+                if self._pending:
+                    break
+                data = await self.sock.recv(65536)
+                if not data:
+                    raise AssertionError("the server ended the TCP connection without a close frame")
+                self.conn.receive_data(data)
+        return self._pending.pop(0)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self._send(self.conn.send(TextMessage(data=json.dumps(frame))))
+
+    async def recv_frame(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next complete text frame (schema-checked); raises on a close."""
+        while True:
+            event = await self._next_event(timeout)
+            if isinstance(event, TextMessage):
+                self._text.append(event.data)
+                if event.message_finished:
+                    text, self._text = "".join(self._text), []
+                    return check_server_frame(text)
+            elif isinstance(event, CloseConnection):
+                raise AssertionError(f"closed with {event.code} {event.reason!r} while a frame was expected")
+            else:
+                raise AssertionError(f"unexpected WebSocket event {event!r}")
+
+    async def read_until_closed(self, timeout: float = 30.0) -> RawClosed:
+        """Read (and schema-check) every frame until the server's close frame."""
+        frames: list[dict[str, Any]] = []
+        with trio.fail_after(scaled(timeout)):
+            while True:
+                event = await self._next_event(timeout)
+                if isinstance(event, TextMessage):
+                    self._text.append(event.data)
+                    if event.message_finished:
+                        text, self._text = "".join(self._text), []
+                        frames.append(check_server_frame(text))
+                elif isinstance(event, CloseConnection):
+                    return RawClosed(frames, event.code, event.reason)
+                else:
+                    raise AssertionError(f"unexpected WebSocket event {event!r}")
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,1 @@
+"""In-process unit tests: pure code and contract files, no processes, no sockets."""
