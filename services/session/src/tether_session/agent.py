@@ -5,6 +5,9 @@ as the HTTP ingest endpoint (they never write to sockets).
   the answer "You said: <text>" split into ``agent_chunks`` ``agent_chunk`` events,
   ``agent_delay_ms`` apart, then one ``agent_done``.  Event ids are derived from the
   prompt's seq, so a retried publish is stored once.
+* Both run as durable jobs (:mod:`tether_session.jobs`): each chunk is published in
+  the same transaction that advances the job, so another replica can finish an answer
+  whose replica died, from the next chunk.
 * :class:`WebhookAgent`: POSTs each prompt to an agent running elsewhere (a serverless
   function) with the URL of the ingest endpoint to call back; if the agent cannot be
   reached after retries, an ``agent_error`` event says so in the log.
@@ -13,17 +16,15 @@ as the HTTP ingest endpoint (they never write to sockets).
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
 
 from tether_kit.logs import JsonLogger
 
-from .store import Appended, NewEvent
-
-Publish = Callable[[uuid.UUID, Sequence[NewEvent]], Awaitable[list[Appended]]]
+from .jobs import AgentJobs, Job, JobLost
+from .store import NewEvent
 
 
 def split_answer(text: str, chunks: int) -> list[str]:
@@ -52,6 +53,8 @@ class AgentRunner:
                 await work
             except asyncio.CancelledError:
                 raise
+            except JobLost as exc:  # another replica took the job over: it finishes the answer
+                self.log.info("agent_job_lost", task=name, reason=str(exc))
             except Exception as exc:  # logged; the agent's failure is also visible in the log as agent_error
                 self.log.exception("agent_failed", exc, task=name)
 
@@ -69,64 +72,62 @@ class AgentRunner:
 
 
 class BuiltinAgent:
-    def __init__(self, publish: Publish, *, chunks: int, delay_ms: int) -> None:
-        self.publish = publish
+    def __init__(self, *, chunks: int, delay_ms: int) -> None:
         self.chunks = chunks
         self.delay_s = delay_ms / 1000
 
-    async def answer(self, project_id: uuid.UUID, prompt_seq: int, text: str) -> None:
-        parts = split_answer(text, self.chunks)
-        for index, part in enumerate(parts):
+    async def answer(self, job: Job, jobs: AgentJobs) -> None:
+        parts = split_answer(job.text, self.chunks)
+        seq = job.prompt_seq
+        for index in range(job.next_index, len(parts)):
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            await self.publish(
-                project_id,
-                [
-                    NewEvent(
-                        f"agent-{prompt_seq}-{index}",
-                        "agent_chunk",
-                        {"text": part, "index": index, "prompt_seq": prompt_seq},
-                    )
-                ],
+            chunk = NewEvent(
+                f"agent-{seq}-{index}", "agent_chunk", {"text": parts[index], "index": index, "prompt_seq": seq}
             )
-        await self.publish(
-            project_id,
-            [NewEvent(f"agent-{prompt_seq}-done", "agent_done", {"prompt_seq": prompt_seq, "chunks": len(parts)})],
-        )
+            await jobs.step(job, [chunk], next_index=index + 1)
+        done = NewEvent(f"agent-{seq}-done", "agent_done", {"prompt_seq": seq, "chunks": len(parts)})
+        await jobs.step(job, [done], done=True)
 
 
 class WebhookAgent:
-    def __init__(self, publish: Publish, log: JsonLogger, *, url: str, key: str, public_url: str) -> None:
-        self.publish = publish
+    def __init__(self, log: JsonLogger, *, url: str, key: str, public_url: str, timeout_s: float) -> None:
         self.log = log
         self.url = url
         self.key = key
         self.public_url = public_url
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(2.0, timeout_s)))
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def answer(self, project_id: uuid.UUID, prompt_seq: int, text: str) -> None:
+    async def answer(self, job: Job, jobs: AgentJobs) -> None:
+        """Hand the prompt to the external agent; it publishes through the ingest endpoint.
+
+        The job ends when the agent accepted the prompt (2xx), or with an ``agent_error``
+        event after three failed attempts.
+        """
         body: dict[str, Any] = {
-            "project_id": str(project_id),
-            "prompt_seq": prompt_seq,
-            "text": text,
-            "callback_url": f"{self.public_url}/v1/projects/{project_id}/events",
+            "project_id": str(job.project_id),
+            "prompt_seq": job.prompt_seq,
+            "text": job.text,
+            "callback_url": f"{self.public_url}/v1/projects/{job.project_id}/events",
         }
         reason = ""
         for attempt in range(3):
+            await jobs.step(job, [])  # heartbeat: this replica is still working on it
             try:
                 response = await self.http.post(self.url, json=body, headers={"Authorization": f"Bearer {self.key}"})
             except httpx.HTTPError as exc:
                 reason = f"{type(exc).__name__}"
             else:
                 if response.status_code < 300:
+                    await jobs.step(job, [], done=True)
                     return
                 reason = f"agent answered {response.status_code}"
-            self.log.warning("agent_webhook_failed", attempt=attempt + 1, reason=reason, project_id=str(project_id))
+            self.log.warning("agent_webhook_failed", attempt=attempt + 1, reason=reason, project_id=str(job.project_id))
             await asyncio.sleep(0.2 * 2**attempt)
-        await self.publish(
-            project_id,
-            [NewEvent(f"agent-{prompt_seq}-error", "agent_error", {"prompt_seq": prompt_seq, "reason": reason})],
+        error = NewEvent(
+            f"agent-{job.prompt_seq}-error", "agent_error", {"prompt_seq": job.prompt_seq, "reason": reason}
         )
+        await jobs.step(job, [error], done=True)

@@ -36,6 +36,7 @@ from .config import Config
 from .connection import Connection, jitter_ms, origin_refusal
 from .fanout import Hub, Listener
 from .frames import Frames
+from .jobs import MAX_ATTEMPTS, AgentJobs, Job
 from .metrics import Metrics
 from .protocol import CloseCatalogue, SessionError, TokenBucket
 
@@ -83,6 +84,7 @@ class State:
     hub: Hub
     listener: Listener
     agents: AgentRunner
+    jobs: AgentJobs
     agent: BuiltinAgent | WebhookAgent | None = None
     draining: bool = False
     connections: dict[str, Connection] = field(default_factory=dict)
@@ -108,9 +110,17 @@ class State:
         self.metrics.published.labels(source).inc(sum(1 for r in results if not r.duplicate))
         return results
 
-    def start_agent(self, project_id: uuid.UUID, prompt_seq: int, text: str) -> None:
+    async def publish_prompt(self, project_id: uuid.UUID, event: store.NewEvent, text: str) -> store.Appended:
+        """Store a prompt and its agent job atomically, then start the agent on it."""
+        result, job = await self.jobs.publish_prompt(project_id, event, text, with_job=self.agent is not None)
+        self.metrics.published.labels("prompt").inc(0 if result.duplicate else 1)
+        if job is not None:
+            self.start_agent(job)
+        return result
+
+    def start_agent(self, job: Job) -> None:
         if self.agent is not None:
-            self.agents.start(f"agent-{project_id}-{prompt_seq}", self.agent.answer(project_id, prompt_seq, text))
+            self.agents.start(f"agent-{job.project_id}-{job.prompt_seq}", self.agent.answer(job, self.jobs))
 
     async def drain(self) -> None:
         """SIGTERM: stop accepting, close every socket with a jittered retryable 'draining', wait, stop."""
@@ -206,17 +216,19 @@ def create_app(config: Config | None = None) -> Quart:
         hub=hub,
         listener=Listener(config.database_url, hub, log),
         agents=AgentRunner(log),
+        jobs=AgentJobs(db, config.replica, kit.failpoints.hit, stale_s=config.agent_stale_s),
     )
     st_box.append(st)
 
-    async def agent_publish(project_id: uuid.UUID, events: Sequence[store.NewEvent]) -> list[store.Appended]:
-        return await st.publish(project_id, events, source="agent")
-
     if config.agent_url == "builtin":
-        st.agent = BuiltinAgent(agent_publish, chunks=config.agent_chunks, delay_ms=config.agent_delay_ms)
+        st.agent = BuiltinAgent(chunks=config.agent_chunks, delay_ms=config.agent_delay_ms)
     elif config.agent_url != "none":
         st.agent = WebhookAgent(
-            agent_publish, log, url=config.agent_url, key=config.agent_key, public_url=config.public_url
+            log,
+            url=config.agent_url,
+            key=config.agent_key,
+            public_url=config.public_url,
+            timeout_s=max(0.5, config.agent_stale_s / 2),
         )
     app.extensions["tether"] = st
     _routes(app, contract)
@@ -229,10 +241,12 @@ def create_app(config: Config | None = None) -> Quart:
         startup.start()
         if config.retention_events > 0:
             app.extensions["tether_pruner"] = asyncio.create_task(_prune_loop(st), name="retention")
+        if st.agent is not None:
+            app.extensions["tether_sweeper"] = asyncio.create_task(_sweep_loop(st), name="agent-sweeper")
 
     @app.after_serving
     async def _stop() -> None:
-        for name in ("tether_listener", "tether_pruner"):
+        for name in ("tether_listener", "tether_pruner", "tether_sweeper"):
             task: asyncio.Task[None] | None = app.extensions.get(name)
             if task is not None:
                 task.cancel()
@@ -261,6 +275,41 @@ async def _prune_loop(st: State) -> None:
         except Exception as exc:  # logged; retried at the next interval
             st.log.exception("events_prune_failed", exc)
         await asyncio.sleep(st.config.retention_interval_s)
+
+
+async def _sweep_loop(st: State) -> None:
+    """Claim agent jobs whose replica stopped heart-beating and finish them here (F15)."""
+    await st.startup.ready.wait()
+    while True:
+        await asyncio.sleep(st.config.agent_stale_s / 2)
+        if st.draining:
+            return
+        try:
+            claimed = await st.jobs.claim_stale()
+        except Exception as exc:  # logged; the next sweep retries
+            st.log.exception("agent_sweep_failed", exc)
+            continue
+        for job in claimed:
+            st.log.warning(
+                "agent_job_claimed",
+                project_id=str(job.project_id),
+                prompt_seq=job.prompt_seq,
+                next_index=job.next_index,
+                attempts=job.attempts,
+            )
+            if job.attempts > MAX_ATTEMPTS:
+                st.agents.start(f"agent-error-{job.prompt_seq}", _give_up(st, job))
+            else:
+                st.start_agent(job)
+
+
+async def _give_up(st: State, job: Job) -> None:
+    """A job interrupted too often ends with an agent_error event, not another retry."""
+    reason = f"the answer was interrupted {job.attempts - 1} times"
+    error = store.NewEvent(
+        f"agent-{job.prompt_seq}-error", "agent_error", {"prompt_seq": job.prompt_seq, "reason": reason}
+    )
+    await st.jobs.step(job, [error], done=True)
 
 
 async def current_user() -> AuthUser:

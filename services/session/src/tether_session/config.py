@@ -50,6 +50,7 @@ class Config:
     agent_delay_ms: int
     agent_url: str
     agent_key: str
+    agent_stale_s: float
     public_url: str
     public_auth_url: str
     public_ws_urls: tuple[str, ...]
@@ -100,6 +101,7 @@ class Config:
             agent_delay_ms=env_int("TETHER_AGENT_DELAY_MS", 25),
             agent_url=env_str("TETHER_AGENT_URL", "builtin"),
             agent_key=env_str("TETHER_AGENT_KEY", "builtin"),
+            agent_stale_s=env_float("TETHER_AGENT_STALE_S", 5.0),
             public_url=public_url.rstrip("/"),
             public_auth_url=env_str("TETHER_PUBLIC_AUTH_URL", "http://127.0.0.1:8001").rstrip("/"),
             public_ws_urls=env_list("TETHER_PUBLIC_WS_URLS", public_url.replace("http", "ws", 1) + "/v1/ws"),

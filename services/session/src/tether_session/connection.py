@@ -319,12 +319,10 @@ class Connection:
         event = store.NewEvent(
             f"prompt-{msg_id}", "prompt", {"text": frame["text"], "client_msg_id": msg_id, "user_id": str(self.user_id)}
         )
-        (result,) = await st.publish(self.project.id, [event], source="prompt")
+        result = await st.publish_prompt(self.project.id, event, frame["text"])
         await self._send(
             {"type": "prompt_ack", "v": 1, "client_msg_id": msg_id, "seq": result.seq, "duplicate": result.duplicate}
         )
-        if not result.duplicate:
-            st.start_agent(self.project.id, result.seq, frame["text"])
 
     async def _writer(self) -> None:
         st = self.st
