@@ -31,6 +31,7 @@ from .auth import AuthService, AuthServiceFactory
 from .contract import REPO_ROOT
 from .pg import PgServer, start_pg_server
 from .procs import ServiceProcess, stop_all
+from .secrets import find_leaks, remembered
 
 ARTIFACTS = Path(os.environ.get("TETHER_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
 
@@ -47,6 +48,11 @@ def run_log_dir() -> Iterator[Path]:
     leftovers = stop_all()
     if leftovers:
         raise AssertionError(f"processes left running by the tests were killed: {leftovers}")
+    # F07/F40: no token, API key, session cookie or service secret that any test of this
+    # run saw may appear in any log line or output file any service wrote during the run.
+    leaks = find_leaks((f for f in path.rglob("*") if f.is_file()), remembered())
+    if leaks:
+        raise AssertionError(f"secrets found in service logs of this run: {leaks[:20]}")
 
 
 @pytest.fixture(scope="session")
