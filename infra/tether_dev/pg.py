@@ -59,11 +59,12 @@ def _ensure_os_user() -> str | None:
 
 
 def _ensure_traversable(path: Path) -> None:
-    """Let the unprivileged cluster user reach ``path`` (o+x on each parent)."""
+    """Let the unprivileged cluster user reach ``path`` (g+x and o+x on each parent: as root
+    the cluster user's group may be root's, so a 0700 parent blocks it either way)."""
     for parent in path.resolve().parents:
         mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+        if (mode & (stat.S_IXOTH | stat.S_IXGRP)) != (stat.S_IXOTH | stat.S_IXGRP):
+            parent.chmod(mode | stat.S_IXOTH | stat.S_IXGRP)
 
 
 @dataclass

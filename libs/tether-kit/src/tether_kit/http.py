@@ -34,6 +34,7 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 MAX_JSON_DEPTH = 32
 PROBLEM_JSON = "application/problem+json"
 FAILPOINT_HEADER = "X-Tether-Failpoint"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # failpoints live only in writes
 
 
 def _reject_constant(name: str) -> Any:
@@ -172,7 +173,7 @@ class HttpKit:
             # Hypercorn drops a keep-alive connection whose request body was left unread,
             # without a ``Connection: close``, and pooled clients then fail their next call.
             await request.get_data(cache=True)
-        if FAILPOINT_HEADER in request.headers and not self.failpoints.enabled:
+        if request.method in WRITE_METHODS and FAILPOINT_HEADER in request.headers and not self.failpoints.enabled:
             raise TetherError("failpoints_disabled", "failpoints can only be armed in test mode")
 
     async def _after(self, response: Response) -> Response:

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 
 from tether_kit.errors import TetherError
-from tether_kit.http import parse_json_text
+from tether_kit.http import parse_json_text, schema_error_message
 
 from .protocol import SessionError
 from .store import StoredEvent
@@ -76,7 +76,7 @@ class Frames:
         error = next(iter(validator.iter_errors(value)), None)
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            raise SessionError("invalid_frame", f"{kind} frame invalid at {where}: {error.message[:200]}")
+            raise SessionError("invalid_frame", f"{kind} frame invalid at {where}: {schema_error_message(error)[:200]}")
         return value
 
     def encode(self, frame: dict[str, Any]) -> str:
