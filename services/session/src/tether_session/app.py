@@ -113,7 +113,6 @@ class State:
     async def publish_prompt(self, project_id: uuid.UUID, event: store.NewEvent, text: str) -> store.Appended:
         """Store a prompt and its agent job atomically, then start the agent on it."""
         result, job = await self.jobs.publish_prompt(project_id, event, text, with_job=self.agent is not None)
-        self.metrics.published.labels("prompt").inc(0 if result.duplicate else 1)
         if job is not None:
             self.start_agent(job)
         return result
@@ -216,7 +215,13 @@ def create_app(config: Config | None = None) -> Quart:
         hub=hub,
         listener=Listener(config.database_url, hub, log),
         agents=AgentRunner(log),
-        jobs=AgentJobs(db, config.replica, kit.failpoints.hit, stale_s=config.agent_stale_s),
+        jobs=AgentJobs(
+            db,
+            config.replica,
+            kit.failpoints.hit,
+            stale_s=config.agent_stale_s,
+            published=lambda source, n: metrics.published.labels(source).inc(n),
+        ),
     )
     st_box.append(st)
 

@@ -21,6 +21,7 @@ from tether_kit.db import Database
 from . import store
 
 Failpoint = Callable[[str], None]
+Published = Callable[[str, int], None]  # (source, count of newly stored events) for /metrics
 MAX_ATTEMPTS = 3
 
 
@@ -38,8 +39,9 @@ class Job:
 
 
 class AgentJobs:
-    def __init__(self, db: Database, owner: str, failpoint: Failpoint, *, stale_s: float) -> None:
+    def __init__(self, db: Database, owner: str, failpoint: Failpoint, *, stale_s: float, published: Published) -> None:
         self.db = db
+        self.published = published
         self.owner = owner
         self.failpoint = failpoint
         self.stale_s = stale_s
@@ -51,15 +53,18 @@ class AgentJobs:
         async with self.db.transaction() as conn:
             (result,), _ = await store.append_events(conn, project_id, [event], self.failpoint)
             if result.duplicate or not with_job:
-                return result, None
-            await conn.execute(
-                "INSERT INTO agent_jobs (project_id, prompt_seq, text, owner) VALUES ($1, $2, $3, $4)",
-                project_id,
-                result.seq,
-                text,
-                self.owner,
-            )
-        return result, Job(project_id, result.seq, text, 0, 1)
+                job = None
+            else:
+                await conn.execute(
+                    "INSERT INTO agent_jobs (project_id, prompt_seq, text, owner) VALUES ($1, $2, $3, $4)",
+                    project_id,
+                    result.seq,
+                    text,
+                    self.owner,
+                )
+                job = Job(project_id, result.seq, text, 0, 1)
+        self.published("prompt", 0 if result.duplicate else 1)
+        return result, job
 
     async def step(
         self, job: Job, events: Sequence[store.NewEvent], *, next_index: int | None = None, done: bool = False
@@ -87,6 +92,7 @@ class AgentJobs:
                 )
             if status.endswith(" 0"):
                 raise JobLost(f"job {job.project_id}/{job.prompt_seq} is owned by another replica")
+        self.published("agent", sum(1 for r in results if not r.duplicate))
         return results
 
     async def claim_stale(self, limit: int = 20) -> list[Job]:
