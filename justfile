@@ -9,7 +9,7 @@ up *ARGS:
 
 # The whole suite: lint, types, then every test (browser tests included).
 test *ARGS: lint
-    bash infra/ensure-chromium.sh
+    bash infra/ensure-system-packages.sh
     python -m tether_dev.runtests {{ARGS}}
 
 # ruff (lint + format check) and mypy --strict.

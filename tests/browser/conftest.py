@@ -47,7 +47,7 @@ def playwright() -> Iterator[Playwright]:
 @pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run infra/ensure-chromium.sh")
+        pytest.fail(f"{CHROMIUM} is missing: run infra/ensure-system-packages.sh")
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=scaled(30) * 1000)
     try:
         yield browser
