@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from .db import is_connectivity_error
+from . import migrate
+from .db import Database, is_connectivity_error
 from .errors import DependencyUnavailable
 from .logs import JsonLogger
 
@@ -79,3 +80,18 @@ class Startup:
     @property
     def is_ready(self) -> bool:
         return self.ready.is_set()
+
+
+def database_phases(db: Database, schema: str, migrations: list[migrate.Migration], log: JsonLogger) -> list[Phase]:
+    """The two start-up phases every service has: open the pool, apply its migrations."""
+
+    async def open_db() -> None:
+        if not db.is_open:
+            await db.open()
+
+    async def apply_migrations() -> None:
+        async with db.connection() as conn:
+            for m in await migrate.apply(conn, schema, migrations):
+                log.info("migration_applied", schema=schema, version=m.version, name=m.name)
+
+    return [("database", open_db), ("migrations", apply_migrations)]

@@ -19,7 +19,7 @@ from tether_kit.contract import OpenApiContract, check_routes
 from tether_kit.db import Connection, Database
 from tether_kit.errors import TetherError
 from tether_kit.http import HttpKit, bearer_token
-from tether_kit.lifecycle import Startup
+from tether_kit.lifecycle import Startup, database_phases
 
 from . import store
 from .catalogue import CATALOGUE
@@ -73,16 +73,7 @@ def create_app(config: Config | None = None) -> Quart:
     )
     all_migrations = migrations()
 
-    async def open_db() -> None:
-        if not db.is_open:
-            await db.open()
-
-    async def apply_migrations() -> None:
-        async with db.connection() as conn:
-            for m in await migrate.apply(conn, SCHEMA, all_migrations):
-                log.info("migration_applied", schema=SCHEMA, version=m.version, name=m.name)
-
-    startup = Startup(log, registry, [("database", open_db), ("migrations", apply_migrations)])
+    startup = Startup(log, registry, database_phases(db, SCHEMA, all_migrations, log))
     st = State(
         config=config,
         log=log,

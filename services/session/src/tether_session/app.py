@@ -26,7 +26,7 @@ from tether_kit.contract import OpenApiContract, check_routes
 from tether_kit.db import Database
 from tether_kit.errors import COMMON, Catalogue, DependencyUnavailable, ErrorSpec, TetherError
 from tether_kit.http import HttpKit, bearer_token
-from tether_kit.lifecycle import Startup
+from tether_kit.lifecycle import Startup, database_phases
 from tether_kit.secrets import same_secret
 
 from . import store, web
@@ -175,15 +175,6 @@ def create_app(config: Config | None = None) -> Quart:
     all_migrations = migrations()
     st_box: list[State] = []
 
-    async def open_db() -> None:
-        if not db.is_open:
-            await db.open()
-
-    async def apply_migrations() -> None:
-        async with db.connection() as conn:
-            for m in await migrate.apply(conn, SCHEMA, all_migrations):
-                log.info("migration_applied", schema=SCHEMA, version=m.version, name=m.name)
-
     async def auth_service() -> None:
         if not await auth.healthy():
             raise DependencyUnavailable("auth-token", "the auth-token service does not answer /healthz")
@@ -197,7 +188,7 @@ def create_app(config: Config | None = None) -> Quart:
     startup = Startup(
         log,
         registry,
-        [("database", open_db), ("migrations", apply_migrations), ("auth_token", auth_service), ("listen", listen)],
+        [*database_phases(db, SCHEMA, all_migrations, log), ("auth_token", auth_service), ("listen", listen)],
     )
     metrics = Metrics(registry)
     hub = Hub(db, log, frames.encode_event)
