@@ -195,6 +195,7 @@ async def test_F03_other_users_project_is_not_found_and_logged(stack: Stack) -> 
             closed, stack.session.proc, tracker.id(), "project_not_found", user_id=intruder.user_id
         )
         assert line["requested"] == project, "the log says what was asked for"
+        assert error.pop("connection_id") == tracker.id()  # per connection, so a client can quote it
         frames[label] = error
     assert frames["their_id"] == frames["missing_id"] == frames["their_slug"] == frames["missing_slug"]
     assert frames["their_id"]["retryable"] is False
