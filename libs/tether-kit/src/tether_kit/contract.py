@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import json
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ import jsonschema
 import jsonschema_rs
 import referencing
 from quart import Quart
+
+from .schemas import FastSchema
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 _BASE_URI = "urn:tether:openapi"
@@ -86,19 +89,26 @@ class OpenApiContract:
                 if method in item:
                     op = item[method]
                     self.operations[op["operationId"]] = Operation(method.upper(), path_key, op["operationId"], op)
-        self._validators: dict[str, jsonschema.Draft202012Validator] = {}
+        self._validators: dict[str, FastSchema] = {}
 
-    def schema_validator(self, pointer: str) -> jsonschema.Draft202012Validator:
+    def schema_validator(self, pointer: str) -> FastSchema:
         """A validator for the schema at a JSON pointer inside the document."""
         if pointer not in self._validators:
-            self._validators[pointer] = jsonschema.Draft202012Validator(
+            reference = jsonschema.Draft202012Validator(
                 {"$ref": f"{_BASE_URI}#{pointer}"},
                 registry=self.registry,
                 format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
             )
+            # The whole document as the root, so its internal "#/components/..." refs resolve.
+            root = {
+                "$ref": "#" + urllib.parse.quote(pointer, safe="/~"),
+                "paths": self.document["paths"],
+                "components": self.document.get("components", {}),
+            }
+            self._validators[pointer] = FastSchema(reference, root)
         return self._validators[pointer]
 
-    def request_validator(self, operation_id: str) -> jsonschema.Draft202012Validator:
+    def request_validator(self, operation_id: str) -> FastSchema:
         op = self.operations[operation_id]
         escaped = op.path.replace("~", "~0").replace("/", "~1")
         pointer = f"/paths/{escaped}/{op.method.lower()}/requestBody/content/application~1json/schema"

@@ -264,8 +264,7 @@ class HttpKit:
             raise TetherError("unsupported_media_type", "Content-Type must be application/json")
         raw = await request.get_data(as_text=False)
         value = parse_json_text(raw, allow_nul=self.allow_nul)
-        validator = self.contract.request_validator(operation_id)
-        error = next(iter(validator.iter_errors(value)), None)
+        error = self.contract.request_validator(operation_id).first_error(value)
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
             message = schema_error_message(error)

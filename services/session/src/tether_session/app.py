@@ -55,7 +55,15 @@ CATALOGUE = Catalogue(
 
 
 class _RecordingWebsocketConnection(ASGIWebsocketConnection):
-    """Keeps the client's close code (Quart drops it) so the close log line can name it."""
+    """Quart's WebSocket connection without its per-message blinker signals (nothing here
+    subscribes to them, and they cost a signal dispatch on every frame in and out), keeping
+    the client's close code (Quart drops it) so the close log line can name it."""
+
+    async def send_data(self, send: Any, data: str | bytes) -> None:
+        if isinstance(data, str):
+            await send({"type": "websocket.send", "bytes": None, "text": data})
+        else:
+            await send({"type": "websocket.send", "bytes": data, "text": None})
 
     async def handle_messages(self, receive: Any) -> None:
         while True:

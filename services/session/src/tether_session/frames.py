@@ -16,6 +16,7 @@ import jsonschema
 
 from tether_kit.errors import TetherError
 from tether_kit.http import parse_json_text, schema_error_message
+from tether_kit.schemas import FastSchema
 
 from .protocol import SessionError
 from .store import StoredEvent
@@ -29,7 +30,7 @@ class FrameContractError(RuntimeError):
 
 class Frames:
     def __init__(self, folder: Path, *, validate_outgoing: bool) -> None:
-        self.client: dict[str, jsonschema.Draft202012Validator] = {}
+        self.client: dict[str, FastSchema] = {}
         self.server: dict[str, jsonschema.Draft202012Validator] = {}
         for path in sorted(folder.glob("*.json")):
             schema = json.loads(path.read_text(encoding="utf-8"))
@@ -45,7 +46,7 @@ class Frames:
             )
             direction = schema.get("x-direction")
             if direction == "client_to_server":
-                self.client[name] = validator
+                self.client[name] = FastSchema(validator, schema)
             elif direction == "server_to_client":
                 self.server[name] = validator
             else:
@@ -73,7 +74,7 @@ class Frames:
         version = value.get("v")
         if isinstance(version, int) and not isinstance(version, bool) and version != PROTOCOL_VERSION:
             raise SessionError("unsupported_version", f"protocol version {version} is not supported (this server: 1)")
-        error = next(iter(validator.iter_errors(value)), None)
+        error = validator.first_error(value)
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
             raise SessionError("invalid_frame", f"{kind} frame invalid at {where}: {schema_error_message(error)[:200]}")
