@@ -18,19 +18,20 @@ from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from quart import Quart, Response, current_app, request, websocket
+from quart import Quart, Response, current_app, has_request_context, request, websocket
 from quart.asgi import ASGIWebsocketConnection
 
 from tether_kit import logs, migrate
 from tether_kit.contract import OpenApiContract, check_routes
 from tether_kit.db import Database
 from tether_kit.errors import COMMON, Catalogue, DependencyUnavailable, ErrorSpec, TetherError
-from tether_kit.http import HttpKit, bearer_token
+from tether_kit.http import FAILPOINT_HEADER, HttpKit, bearer_token
 from tether_kit.lifecycle import Startup, database_phases
 from tether_kit.secrets import same_secret
 
 from . import store, web
 from .agent import AgentRunner, BuiltinAgent, WebhookAgent
+from .appender import Appender
 from .auth_client import AuthClient, AuthUser
 from .config import Config
 from .connection import Connection, jitter_ms, origin_refusal
@@ -93,6 +94,7 @@ class State:
     listener: Listener
     agents: AgentRunner
     jobs: AgentJobs
+    appender: Appender
     agent: BuiltinAgent | WebhookAgent | None = None
     draining: bool = False
     connections: dict[str, Connection] = field(default_factory=dict)
@@ -112,9 +114,16 @@ class State:
     async def publish(
         self, project_id: uuid.UUID, events: Sequence[store.NewEvent], *, source: str
     ) -> list[store.Appended]:
-        """The one append path: WebSocket prompts, the built-in agent and HTTP ingest."""
-        async with self.db.transaction() as conn:
-            results, _last = await store.append_events(conn, project_id, events, self.kit.failpoints.hit)
+        """The append path of HTTP ingest: group-committed with every concurrent append.
+
+        A request that arms a failpoint (test mode) gets a transaction of its own, so the
+        failure it asks for cannot fail other requests' events.
+        """
+        if self.kit.failpoints.enabled and has_request_context() and FAILPOINT_HEADER in request.headers:
+            async with self.db.transaction() as conn:
+                results, _last = await store.append_events(conn, project_id, events, self.kit.failpoints.hit)
+        else:
+            results = await self.appender.append(project_id, events)
         self.metrics.published.labels(source).inc(sum(1 for r in results if not r.duplicate))
         return results
 
@@ -200,6 +209,7 @@ def create_app(config: Config | None = None) -> Quart:
     )
     metrics = Metrics(registry)
     hub = Hub(db, log, frames.encode_event)
+    appender = Appender(db, log)
     st = State(
         config=config,
         log=log,
@@ -214,8 +224,10 @@ def create_app(config: Config | None = None) -> Quart:
         hub=hub,
         listener=Listener(config.database_url, hub, log),
         agents=AgentRunner(log),
+        appender=appender,
         jobs=AgentJobs(
             db,
+            appender,
             config.replica,
             kit.failpoints.hit,
             stale_s=config.agent_stale_s,
@@ -257,6 +269,7 @@ def create_app(config: Config | None = None) -> Quart:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await st.agents.shutdown(1.0)
+        await st.appender.close()
         await startup.stop()
         await auth.aclose()
         if isinstance(st.agent, WebhookAgent):

@@ -16,9 +16,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tether_kit.db import Database
+from tether_kit.db import Connection, Database
 
 from . import store
+from .appender import Appender
 
 Failpoint = Callable[[str], None]
 Published = Callable[[str, int], None]  # (source, count of newly stored events) for /metrics
@@ -39,8 +40,18 @@ class Job:
 
 
 class AgentJobs:
-    def __init__(self, db: Database, owner: str, failpoint: Failpoint, *, stale_s: float, published: Published) -> None:
+    def __init__(
+        self,
+        db: Database,
+        appender: Appender,
+        owner: str,
+        failpoint: Failpoint,
+        *,
+        stale_s: float,
+        published: Published,
+    ) -> None:
         self.db = db
+        self.appender = appender
         self.published = published
         self.owner = owner
         self.failpoint = failpoint
@@ -49,22 +60,25 @@ class AgentJobs:
     async def publish_prompt(
         self, project_id: uuid.UUID, event: store.NewEvent, text: str, *, with_job: bool
     ) -> tuple[store.Appended, Job | None]:
-        """Store a prompt and, when new and an agent is configured, its job — atomically."""
-        async with self.db.transaction() as conn:
-            (result,), _ = await store.append_events(conn, project_id, [event], self.failpoint)
-            if result.duplicate or not with_job:
-                job = None
-            else:
+        """Store a prompt and, when new and an agent is configured, its job — atomically
+        (the job row is written in the prompt's own savepoint of the group commit)."""
+        jobs: list[Job] = []
+
+        async def add_job(conn: Connection, results: list[store.Appended]) -> None:
+            (stored,) = results
+            if with_job and not stored.duplicate:
                 await conn.execute(
                     "INSERT INTO agent_jobs (project_id, prompt_seq, text, owner) VALUES ($1, $2, $3, $4)",
                     project_id,
-                    result.seq,
+                    stored.seq,
                     text,
                     self.owner,
                 )
-                job = Job(project_id, result.seq, text, 0, 1)
+                jobs.append(Job(project_id, stored.seq, text, 0, 1))
+
+        (result,) = await self.appender.append(project_id, [event], after=add_job)
         self.published("prompt", 0 if result.duplicate else 1)
-        return result, job
+        return result, (jobs[0] if jobs else None)
 
     async def step(
         self, job: Job, events: Sequence[store.NewEvent], *, next_index: int | None = None, done: bool = False
