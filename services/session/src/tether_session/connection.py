@@ -5,8 +5,9 @@ sends the catalogue's ``error`` frame, closes with its code, and leaves the reas
 the single ``ws_close`` log line written in ``finally`` (F01).  A client that goes away
 cancels the handler (Quart does); ``finally`` still runs.
 
-Resource handling: the reader, the writer and the session-expiry timer live in one
-``asyncio.TaskGroup`` owned by the handler; when one fails the others are cancelled.
+Resource handling: the reader runs in an ``asyncio.TaskGroup`` owned by the handler and
+the writer in the handler's own task, inside that group; when one fails the other is
+cancelled.  The session-lifetime timer is the reader's receive deadline (no task).
 The connection's registrations (hub subscription, per-user count, replica registry)
 are released in ``finally`` on every path (F13).
 """
@@ -53,7 +54,6 @@ class Connection:
         self.cursor = 0
         self.acked = 0
         self.expires_at = 0.0
-        self._renewed = asyncio.Event()
         self.forced: SessionError | None = None
         self.task: asyncio.Task[Any] | None = None
         self.close_code: int | None = None
@@ -177,10 +177,21 @@ class Connection:
         deadline = self.machine.deadline_ms(
             init_timeout_ms=self.st.config.init_timeout_ms, heartbeat_timeout_ms=self.st.config.heartbeat_timeout_ms
         )
+        timeout = deadline / 1000 if deadline else None
+        expiring = False
+        if self.machine.state is State.READY:
+            # The session lifetime shares this timer (no task of its own: memory per session).
+            remaining = self.expires_at - time.monotonic()
+            if timeout is None or remaining < timeout:
+                timeout, expiring = max(0.0, remaining), True
         try:
-            async with asyncio.timeout(deadline / 1000 if deadline else None):
+            async with asyncio.timeout(timeout):
                 raw = await self.ws.receive()
         except TimeoutError:
+            if expiring:
+                raise SessionError(
+                    "session_expired", "the session was not renewed with a reauth frame in time"
+                ) from None
             raise self.machine.timeout_error() from None
         frame = self.st.frames.parse(raw, max_bytes=self.st.config.max_frame_bytes)
         self.st.metrics.frames_in.labels(frame["type"]).inc()
@@ -213,8 +224,7 @@ class Connection:
         await self._authenticate(init)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._reader(), name=f"{self.id}-reader")
-            group.create_task(self._writer(), name=f"{self.id}-writer")
-            group.create_task(self._expiry(), name=f"{self.id}-expiry")
+            await self._writer()  # in the handler's own task: one task fewer per session
 
     async def _consume(self, token: str) -> Consumed:
         request_id = f"{self.id}-{uuid.uuid4().hex[:8]}"
@@ -305,7 +315,6 @@ class Connection:
                 if consumed.user_id != self.user_id or consumed.project_id not in (None, self.project.id):
                     raise SessionError("forbidden", "the reauth token is for another user or project")
                 self.expires_at = time.monotonic() + st.config.session_lifetime_s
-                self._renewed.set()
                 await self._send({"type": "reauth_ok", "v": 1, "session_expires_at": self._expires_iso()})
                 st.log.info("ws_reauth")
 
@@ -361,18 +370,6 @@ class Connection:
             if replay:
                 self.replayed += count
                 st.metrics.replayed.inc(count)
-
-    async def _expiry(self) -> None:
-        while True:
-            remaining = self.expires_at - time.monotonic()
-            if remaining <= 0:
-                raise SessionError("session_expired", "the session was not renewed with a reauth frame in time")
-            self._renewed.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._renewed.wait()
-            except TimeoutError:
-                continue
 
 
 def origin_refusal(st: AppState, origin: str | None) -> TetherError | None:
