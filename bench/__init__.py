@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: `just bench` (see bench/run.py)."""

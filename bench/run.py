@@ -1,0 +1,250 @@
+"""``just bench``: Tether's scenarios and the peer servers, side by side, in one invocation.
+
+    just bench                  # full sizes, all peers; writes bench/RESULTS.md
+    just bench --quick          # small counts (a few minutes)
+    just bench --only fanout,echo --peers none
+    python -m bench.run --tiny --peers none --json /tmp/r.json --out -   # the smoke test's sizes
+
+Everything is started here as subprocesses and stopped by PID at the end: an embedded
+PostgreSQL (durable: fsync on), auth-token, session replicas, the Node load client
+(``bench/loadgen.mjs``; ``npm install --prefix bench`` when ``ws`` is missing), and the
+peers from their own folder (``/work/shared/peers/setup.sh`` → ``/tmp/tether-peers``).
+Exit status 1 when a scenario failed or lost/duplicated an event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import peers as peers_mod
+from . import scenarios as sc
+from .report import render
+from .stack import REPO, Stack
+
+BENCH = Path(__file__).resolve().parent
+SCENARIOS = ["fanout", "stream", "stream_rate", "agent", "echo", "catchup", "idle", "storm", "cold_start"]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_node_deps() -> None:
+    if not (BENCH / "node_modules" / "ws" / "package.json").exists():
+        log("installing the load client's dependency (npm install --prefix bench) ...")
+        subprocess.run(
+            ["npm", "install", "--prefix", str(BENCH), "--no-audit", "--no-fund"], check=True, timeout=600, cwd=REPO
+        )
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def machine(args: argparse.Namespace, stack: Stack | None) -> dict[str, Any]:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "just bench " + " ".join(sys.argv[1:]),
+        "sizes": args.sizes_name,
+        "commit": commit.strip() or "?",
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gb": round(mem_kb / 2**20, 1),
+        "kernel": f"Linux {platform.release()}",
+        "python": platform.python_version(),
+        "node": node,
+        "pg": stack.pg_settings() if stack and stack.pg else {},
+        "session_cpu": args.session_cpu,
+        "client_cpu": args.client_cpu,
+        "infra_cpu": args.infra_cpu,
+    }
+
+
+def run_tether(args: argparse.Namespace, sizes: sc.Sizes, only: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    stack = Stack(
+        Path(args.workdir),
+        session_cpu=args.session_cpu,
+        client_cpu=args.client_cpu,
+        infra_cpu=args.infra_cpu,
+        log=log,
+        logs_dir=Path(args.logs) if args.logs else None,
+        keep_pg=args.keep_pg,
+        session_pythonpath=args.session_pythonpath,
+    )
+    res: dict[str, Any] = {}
+    try:
+        log(f"starting embedded Postgres, auth-token, session in {args.workdir} ...")
+        stack.start_pg()
+        stack.start_auth()
+        main = stack.start_session("none")
+        mach = machine(args, stack)
+
+        def step(name: str, fn: Callable[[], Any]) -> None:
+            if name not in only:
+                return
+            log(f"[tether] {name} ...")
+            t0 = time.monotonic()
+            try:
+                res[name] = fn()
+            except Exception as exc:  # noqa: BLE001 - recorded; one failed scenario must not stop the rest
+                log(traceback.format_exc())
+                res[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"[tether] {name}: {json.dumps(res[name])[:600]} ({time.monotonic() - t0:.1f} s)")
+
+        step("fanout", lambda: sc.fanout(stack, main, sizes))
+        step("stream", lambda: sc.stream(stack, main, sizes))
+        step("stream_rate", lambda: sc.stream_rate(stack, main, sizes))
+        step("echo", lambda: sc.echo(stack, main, sizes))
+        step("catchup", lambda: sc.catchup(stack, main, sizes))
+        stack.stop(main)
+        step("agent", lambda: sc.agent_builtin(stack, sizes))
+        if "idle" in only:
+            res["idle"] = []
+            for n in sizes.idle:
+                log(f"[tether] idle {n} ...")
+                try:
+                    r = sc.idle(stack, n)
+                except Exception as exc:  # noqa: BLE001 - recorded; one failed scenario must not stop the rest
+                    log(traceback.format_exc())
+                    r = {"n": n, "error": f"{type(exc).__name__}: {exc}"}
+                log(f"[tether] idle {n}: {json.dumps(r)}")
+                res["idle"].append(r)
+        step("storm", lambda: sc.storm(stack, sizes))
+        step("cold_start", lambda: sc.cold_start(stack, sizes))
+        return res, mach
+    finally:
+        stack.close()
+
+
+def run_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
+    names = peers_mod.ALL if args.peers == "all" else [x for x in args.peers.split(",") if x and x != "none"]
+    if not names:
+        return []
+    root = Path(args.peers_root)
+    peers_mod.ensure(root, log)
+    runner = peers_mod.load_runner(root, args.quiet_wait)
+    sizes = {"full": peers_mod.PEER_FULL, "quick": peers_mod.PEER_QUICK, "tiny": peers_mod.PEER_TINY}[args.sizes_name]
+    out = []
+    for name in names:
+        log(f"[peer] {name} ...")
+        try:
+            r = peers_mod.bench_peer(runner, name, sizes)
+        except Exception as exc:  # noqa: BLE001 - recorded; one failed scenario must not stop the rest
+            log(traceback.format_exc())
+            r = {"server": name, "error": f"{type(exc).__name__}: {exc}"}
+        log(f"[peer] {name}: {json.dumps(r)[:600]}")
+        out.append(r)
+    return out
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    bad = []
+    t = data["tether"]
+    for name, r in t.items():
+        for item in r if isinstance(r, list) else [r]:
+            if "error" in item:
+                bad.append(f"{name}: {item['error']}")
+            elif item.get("lost", 0) or item.get("duplicates", 0):
+                bad.append(f"{name}: lost={item.get('lost')} duplicates={item.get('duplicates')}")
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="just bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small counts (a few minutes in all)")
+    size.add_argument("--tiny", action="store_true", help="tiny counts: the smoke test's sizes (numbers meaningless)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma list of {','.join(SCENARIOS)}")
+    parser.add_argument("--peers", default=None, help="'all' (default), 'none' (default with --tiny), or a comma list")
+    parser.add_argument("--peers-root", default=os.environ.get("TETHER_PEERS_ROOT", "/tmp/tether-peers"))
+    parser.add_argument(
+        "--workdir", default="/tmp/tether-bench", help="Postgres data, logs (default /tmp/tether-bench)"
+    )
+    parser.add_argument("--logs", default=None, help="service and client logs (default WORKDIR/logs)")
+    parser.add_argument(
+        "--keep-pg", action="store_true", help="keep the Postgres cluster (default: removed at the end)"
+    )
+    parser.add_argument("--out", default=None, help="markdown file (default bench/RESULTS.md; '-' = stdout only)")
+    parser.add_argument("--json", default=None, help="also write the raw results as JSON here")
+    parser.add_argument("--session-cpu", default="0")
+    parser.add_argument("--client-cpu", default="1")
+    parser.add_argument("--infra-cpu", default="1", help="cores for Postgres and auth-token ('none': unpinned)")
+    parser.add_argument(
+        "--session-pythonpath",
+        default="",
+        help="put these paths first on the session replica's PYTHONPATH (A/B runs of a patched copy)",
+    )
+    parser.add_argument("--profile", default=None, help="py-spy the session replica over each window into this folder")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="max seconds to wait for the machine to go quiet before each window (default 20; 0 with --tiny)",
+    )
+    args = parser.parse_args(argv)
+    args.sizes_name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    sizes = {"full": sc.FULL, "quick": sc.QUICK, "tiny": sc.TINY}[args.sizes_name]
+    if args.peers is None:
+        args.peers = "none" if args.tiny else "all"
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if args.tiny else 20.0
+    sc.QUIET_LIMIT = args.quiet_wait
+    sc.PROFILE_DIR = Path(args.profile) if args.profile else None
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if (os.cpu_count() or 1) < 2:
+        log("warning: fewer than 2 CPUs; server and client will share a core")
+        args.session_cpu = args.client_cpu = args.infra_cpu = "none"
+
+    ensure_node_deps()
+    raise_nofile()
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    tether, mach = run_tether(args, sizes, only)
+    peer_results = run_peers(args)
+    data: dict[str, Any] = {"machine": mach, "tether": tether, "peers": peer_results, "notes": []}
+    data["machine"]["total_secs"] = round(time.monotonic() - t0, 1)
+    md = render(data)
+    print(md)
+    out = args.out if args.out is not None else str(BENCH / "RESULTS.md")
+    if out != "-":
+        Path(out).write_text(md, encoding="utf-8")
+        log(f"wrote {out}")
+    json_path = Path(args.json) if args.json else Path(args.workdir) / "results.json"
+    json_path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    log(f"raw results: {json_path}; logs: {args.logs or Path(args.workdir) / 'logs'}")
+    bad = problems(data)
+    for b in bad:
+        log(f"PROBLEM: {b}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
