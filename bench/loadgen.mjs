@@ -141,9 +141,7 @@ class Session {
         if (ws === this.ws) { if (this.live) this.closes++; this.live = false; }
         fail(new Error(`closed before ready (${code})`));
       });
-      ws.on('message', (buf) => {
-        if (ws !== this.ws) return; // a dropped socket's leftovers
-        const m = JSON.parse(buf.toString());
+      const dispatch = (m) => {
         switch (m.type) {
           case 'event': {
             const seq = m.seq;
@@ -153,6 +151,9 @@ class Session {
             if (this.onEvent) this.onEvent(m, this);
             return;
           }
+          // several events in one message: not in the contract today; a proposed protocol extension
+          // (batched delivery), understood here so that an A/B run of a patched server just works
+          case 'events': for (const e of m.events) dispatch(e); return;
           case 'prompt_ack': if (this.onAck) this.onAck(m, this); return;
           case 'ready':
             this.live = true; this.heartbeatMs = m.heartbeat.interval_ms; this.lastPing = Date.now();
@@ -164,6 +165,9 @@ class Session {
             return;
           default: return; // pong, reauth_ok
         }
+      };
+      ws.on('message', (buf) => {
+        if (ws === this.ws) dispatch(JSON.parse(buf.toString())); // else: a dropped socket's leftovers
       });
     });
   }

@@ -300,7 +300,8 @@ def render(data: dict[str, Any]) -> str:
         "Machine: "
         f"{m['nproc']} CPUs ({m['cpu_model']}), {m['mem_gb']} GB RAM, {m['kernel']}; Python {m['python']},"
         f" Node {m['node']}, PostgreSQL {m['pg'].get('server_version', '?')} (embedded, fsync={m['pg'].get('fsync')},"
-        f" synchronous_commit={m['pg'].get('synchronous_commit')}).",
+        f" synchronous_commit={m['pg'].get('synchronous_commit')}); calibration loop on the server core"
+        f" {_f(m.get('calibration_ns'))} ns/iteration (lower is faster; compare runs with it).",
         "",
         f"Placement: session replica on core {m['session_cpu']} (`taskset`), load client on core {m['client_cpu']},"
         f" Postgres and auth-token on core {m['infra_cpu']}; each peer on core 0, its client on core 1."

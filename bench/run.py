@@ -31,7 +31,7 @@ from typing import Any
 from . import peers as peers_mod
 from . import scenarios as sc
 from .report import render
-from .stack import REPO, Stack
+from .stack import REPO, Stack, taskset
 
 BENCH = Path(__file__).resolve().parent
 SCENARIOS = ["fanout", "stream", "stream_rate", "agent", "echo", "catchup", "idle", "storm", "cold_start"]
@@ -56,6 +56,21 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+CALIBRATE = "import time\nbest = 9.0\nfor _ in range(5):\n    t = time.perf_counter(); s = 0\n    for i in range(1_000_000): s += i * i\n    best = min(best, time.perf_counter() - t)\nprint(round(best * 1000, 1))"
+
+
+def calibrate(cpu: str) -> float | None:
+    """ns per iteration of a fixed pure-Python loop on the server core: compares machines and runs
+    (the same code's µs/unit moved by up to ~1.7x between runs on this shared VM)."""
+    try:
+        out = subprocess.run(
+            [*taskset(cpu), sys.executable, "-c", CALIBRATE], capture_output=True, text=True, timeout=60, check=True
+        )
+        return float(out.stdout.strip())
+    except (subprocess.SubprocessError, ValueError):
+        return None
+
+
 def machine(args: argparse.Namespace, stack: Stack | None) -> dict[str, Any]:
     model = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -77,6 +92,7 @@ def machine(args: argparse.Namespace, stack: Stack | None) -> dict[str, Any]:
         "python": platform.python_version(),
         "node": node,
         "pg": stack.pg_settings() if stack and stack.pg else {},
+        "calibration_ns": calibrate(args.session_cpu),
         "session_cpu": args.session_cpu,
         "client_cpu": args.client_cpu,
         "infra_cpu": args.infra_cpu,

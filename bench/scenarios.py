@@ -306,6 +306,7 @@ def _costs(w: dict[str, Any], units: float, prefix: str = "") -> dict[str, Any]:
     """Per-unit CPU (µs) of each process group and the client's CPU share over window ``w``."""
     return {
         f"{prefix}session_us": _per(w["session_cpu_s"], units),
+        f"{prefix}session_sys_share": round(w["session_sys_s"] / w["session_cpu_s"], 2) if w["session_cpu_s"] else None,
         f"{prefix}pg_us": _per(w["pg_cpu_s"], units),
         f"{prefix}auth_us": _per(w["auth_cpu_s"], units),
         f"{prefix}client_cpu_share": round(w["client_cpu_s"] / w["wall_s"], 2) if w["wall_s"] else None,

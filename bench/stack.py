@@ -133,6 +133,7 @@ class Snapshot:
     cores: list[float]
     total_busy: float
     overflows: int = 0
+    session_sys: float = 0.0
 
 
 @dataclass
@@ -149,6 +150,12 @@ class Service:
 
     def cpu(self) -> float:
         return proc_cpu(self.ps)
+
+    def sys_cpu(self) -> float:
+        try:
+            return float(self.ps.cpu_times().system)
+        except psutil.Error:
+            return 0.0
 
 
 @dataclass
@@ -348,6 +355,7 @@ class Stack:
             cores=[_busy(c) for c in per],
             total_busy=sum(_busy(c) for c in per),
             overflows=listen_overflows(),
+            session_sys=session.sys_cpu() if session else 0.0,
         )
 
 
@@ -357,6 +365,7 @@ def window(a: Snapshot, b: Snapshot) -> dict[str, Any]:
     return {
         "wall_s": round(wall, 4),
         "session_cpu_s": round(b.session - a.session, 4),
+        "session_sys_s": round(b.session_sys - a.session_sys, 4),
         "pg_cpu_s": round(b.pg - a.pg, 4),
         "auth_cpu_s": round(b.auth - a.auth, 4),
         "client_cpu_s": round(b.client - a.client, 4),
