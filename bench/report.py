@@ -213,7 +213,7 @@ def tether_table(t: dict[str, Any]) -> list[str]:
         else:
             out.append(
                 f"| 7 cold start | process start → /readyz 200, migrated database | median **{_f(cs['median_s'], 3)} s**"
-                f" (runs {', '.join(_f(x, 3) for x in cs['runs_s'])}) | before start-up phases"
+                f" (runs {', '.join(_f(x, 3) for x in cs['runs_s'])}) | last run: before the start-up phases"
                 f" (interpreter, imports, create_app) {_f(cs.get('before_phases_s'), 3)} s; phases"
                 f" {', '.join(f'{k} {v:.3f}' for k, v in cs.get('phases_s', {}).items())} s | – | – | – | – | – | – | {_f(cs['rss_mb'])} | – |"
             )

@@ -67,6 +67,9 @@ def run(
     logging.basicConfig(handlers=[_ForwardToJson(log)], level=logging.WARNING, force=True)
     config.errorlog = logging.getLogger(f"hypercorn.{log.service}")
     config.graceful_timeout = graceful_timeout
+    # Hypercorn re-listens the socket with its own backlog (default 100), overriding ours: under a
+    # connect storm the kernel then dropped thousands of connections at the accept queue.
+    config.backlog = 2048
     config.websocket_max_message_size = max_message_size
     config.websocket_ping_interval = None
     config.keep_alive_timeout = 30
