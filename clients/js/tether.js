@@ -10,7 +10,9 @@
 // re-rendering never touches the connection, and handlers belong to the client, not to a
 // socket, so they survive reconnects (F31).  Every connect and reconnect fetches a fresh
 // single-use token with getToken() (F05).  Events are delivered once, in seq order
-// (F20, F21), and resumed after a drop with resume_from (F22).  Retryable closes reconnect
+// (F20, F21), and resumed after a drop with resume_from (F22).  By default the client asks
+// for batched delivery (INIT batch: true): an `events` frame carries several consecutive
+// events, each handled exactly as if it had arrived alone in its own `event` frame.  Retryable closes reconnect
 // with capped exponential backoff and full jitter; terminal ones stop and say why (F32).
 
 export const PROTOCOL_VERSION = 1;
@@ -130,13 +132,14 @@ export class TetherClient {
   #ackEvery;
   #ackIntervalMs;
   #reauthFraction;
+  #batch;
   // ---- state that outlives sockets
   #handlers = new Map();
   #state = STATES.IDLE;
   #failure = null;
   #lastSeq = 0;
   #hasBaseline = false; // true once resume_from is meaningful (an event was seen, or a ready set the base)
-  #stats = { connectAttempts: 0, tokensFetched: 0, reconnects: 0, duplicatesDropped: 0 };
+  #stats = { connectAttempts: 0, tokensFetched: 0, reconnects: 0, duplicatesDropped: 0, batchesReceived: 0 };
   #outbox = new Map(); // client_msg_id -> {id, text, promise, resolve, reject, sentOn}
   #promptTimes = []; // send times of prompts in the last minute (client-side prompts_per_minute)
   #readyWaiters = [];
@@ -166,6 +169,7 @@ export class TetherClient {
    * @param {{baseMs?: number, capMs?: number, resetAfterMs?: number}} [opts.backoff]
    * @param {typeof WebSocket} [opts.WebSocketImpl]
    * @param {typeof fetch} [opts.fetch] used for the close-code catalogue
+   * @param {boolean} [opts.batch] ask for batched delivery (`events` frames); default true
    */
   constructor(opts = {}) {
     const urls = opts.urls ?? (opts.url ? [opts.url] : []);
@@ -182,6 +186,7 @@ export class TetherClient {
     if (!ID_PATTERN.test(clientId)) throw new TypeError('TetherClient: clientId must match ^[A-Za-z0-9._:-]{1,64}$');
     const WS = opts.WebSocketImpl ?? globalThis.WebSocket;
     if (typeof WS !== 'function') throw new TypeError('TetherClient: no WebSocket implementation (pass WebSocketImpl)');
+    if (opts.batch !== undefined && typeof opts.batch !== 'boolean') throw new TypeError('TetherClient: batch must be a boolean');
 
     this.#urls = [...urls];
     this.#project = hasId ? { id: p.id } : { slug: p.slug };
@@ -198,6 +203,7 @@ export class TetherClient {
     this.#ackEvery = opts.ackEvery ?? 50;
     this.#ackIntervalMs = opts.ackIntervalMs ?? 1000;
     this.#reauthFraction = opts.reauthFraction ?? 0.8;
+    this.#batch = opts.batch ?? true;
     if (Number.isSafeInteger(opts.resumeFrom) && opts.resumeFrom >= 0) {
       this.#lastSeq = opts.resumeFrom;
       this.#hasBaseline = true;
@@ -379,6 +385,7 @@ export class TetherClient {
     if (this.#conn !== conn) return;
     const init = { type: 'init', v: PROTOCOL_VERSION, token: conn.token, project: { ...this.#project }, client_id: this.#clientId };
     if (this.#hasBaseline) init.resume_from = this.#lastSeq;
+    if (this.#batch) init.batch = true; // we understand `events` frames
     conn.token = null; // single use: not kept once sent
     this.#sendFrame(conn, init);
   }
@@ -397,6 +404,7 @@ export class TetherClient {
     switch (f.type) {
       case 'ready': return this.#onReady(conn, f);
       case 'event': return this.#onEvent(conn, f);
+      case 'events': return this.#onEvents(conn, f);
       case 'prompt_ack': return this.#onPromptAck(conn, f);
       case 'reauth_ok': return this.#scheduleReauth(conn, f.session_expires_at);
       case 'error': return this.#onErrorFrame(conn, f);
@@ -454,6 +462,25 @@ export class TetherClient {
     if (conn.unacked >= this.#ackEvery) this.#sendAck(conn);
     else if (!conn.timers.ack) {
       conn.timers.ack = setTimeout(() => { conn.timers.ack = null; this.#sendAck(conn); }, clampTimer(this.#ackIntervalMs));
+    }
+    return undefined;
+  }
+
+  /** A batch: each item is handled exactly as if it had arrived alone, in order. */
+  #onEvents(conn, f) {
+    if (!conn.ready) return this.#protocolError(conn, 'The server sent events before ready.');
+    const items = f.events;
+    if (!Array.isArray(items) || items.length === 0) return this.#protocolError(conn, 'The server sent an events frame without events.');
+    // Check the whole frame before delivering any of it: a malformed batch delivers nothing.
+    for (const item of items) {
+      if (!item || typeof item !== 'object' || item.type !== 'event' || !Number.isSafeInteger(item.seq) || item.seq < 1) {
+        return this.#protocolError(conn, 'The server sent an events frame with an item that is not a valid event.');
+      }
+    }
+    this.#stats.batchesReceived++;
+    for (const item of items) {
+      this.#onEvent(conn, item);
+      if (this.#conn !== conn) return undefined; // a gap, a bad seq, or a handler closed the client
     }
     return undefined;
   }

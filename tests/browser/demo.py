@@ -170,6 +170,16 @@ class SocketLog:
     def of_type(self, kind: str, *, sent: bool = False) -> list[dict[str, Any]]:
         return [f for f in (self.sent if sent else self.received) if f.get("type") == kind]
 
+    def events(self) -> list[dict[str, Any]]:
+        """Every event received, in order: ``event`` frames and the items of ``events`` frames."""
+        found: list[dict[str, Any]] = []
+        for f in self.received:
+            if f.get("type") == "event":
+                found.append(f)
+            elif f.get("type") == "events":
+                found.extend(f["events"])
+        return found
+
 
 class WsRecorder:
     """Every WebSocket the page opens, as the browser saw it (events arrive while Python

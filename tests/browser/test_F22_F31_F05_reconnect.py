@@ -114,8 +114,9 @@ def test_F22_F31_kill_replica_mid_stream_page_resumes_every_chunk_once(
     losses = len(set(range(chunks)) - set(indices))
     info = client_info(watcher)
     first, *later = sockets.sockets
-    before_kill = [f for f in first.received if f.get("type") == "event" and f.get("kind") == "agent_chunk"]
+    before_kill = [f for f in first.events() if f.get("kind") == "agent_chunk"]
     resume_init = later[0].of_type("init", sent=True)[0] if later else {}
+    assert all(init.get("batch") is True for init in sockets.inits())  # the demo opts in to batched delivery
     print(
         f"\nF22: {len(before_kill)} of {chunks} chunks arrived before the kill; the page resumed from seq "
         f"{resume_init.get('resume_from')} on replica {survivor}; DOM: {len(indices)} chunk spans, "
@@ -134,7 +135,7 @@ def test_F22_F31_kill_replica_mid_stream_page_resumes_every_chunk_once(
 
     # It really was mid-stream, and the page resumed from where it was (F22).
     assert 0 < len(before_kill) < chunks, len(before_kill)
-    last_before = max(f["seq"] for f in first.received if f.get("type") == "event")
+    last_before = max(f["seq"] for f in first.events())
     assert resume_init.get("resume_from") == last_before, resume_init
     assert prompt_seq < last_before < prompt_seq + chunks
     resumed = demo.log(survivor, "ws_ready", client_id=watcher_id)

@@ -53,6 +53,7 @@ def test_F35_doctor_passes_every_step_against_a_healthy_system(stack: Stack, tmp
     assert all(line.startswith("✓ ") for line in lines), run.out
     assert "all 12 checks passed" in run.out
     assert "INIT → ready" in run.out
+    assert "batched delivery on" in run.out  # asked for by default, granted by the service
     assert "with no gap and no duplicate" in run.out
     run.assert_no_secrets(user.api_key)
 
@@ -73,9 +74,10 @@ def test_F35_doctor_json_report_on_an_existing_project(stack: Stack, tmp_path: P
     created = run_tether(["projects", "create", "Doctor target", "--json"], env)
     assert created.code == 0, created.err
     slug = created.json()["slug"]
-    run = doctor(env, slug, "--json")
+    run = doctor(env, slug, "--json", "--no-batch")
     assert run.code == 0, run.out + run.err
     report = run.json()
+    assert "batched delivery off" in report["steps"][STEP_IDS.index("init_ready")]["detail"]
     assert report["ok"] is True
     assert report["failed_step"] is None
     assert [s["id"] for s in report["steps"]] == STEP_IDS  # nothing created, nothing to clean up

@@ -169,6 +169,40 @@ async def test_F22_sdk_follows_a_draining_replica_to_another_and_loses_nothing(s
 
 
 @pytest.mark.trio
+async def test_F22_sdk_replays_in_batches_in_order_and_batch_false_gets_one_event_per_frame(stack: Stack) -> None:
+    """Batched delivery (the default) and single events deliver the same log, in order, once."""
+    user = stack.make_user()
+    total = 600
+    async with SessionHttp(stack.session.url, user.api_key) as http, AuthClient(stack.auth.url, user.api_key) as auth:
+        project = await http.create_project("batches")
+        for start in range(1, total + 1, 200):
+            await stack.publish(project.id, note_events("batch", start, 200))
+        log = await log_seqs(stack, project.id)
+        assert len(log) == total
+        for batch in (True, False):
+            received: list[int] = []
+            async with open_session(
+                ws_url(stack), project.id, auth.token_source(project.id), resume_from=0, batch=batch
+            ) as session:
+                assert session.ready.batch is batch
+                with trio.fail_after(scaled(30)):
+                    async for event in session.events():
+                        received.append(event.seq)
+                        assert event.data["n"] == event.seq
+                        if event.seq >= total:
+                            break
+                await until(lambda s=session: s.stats.events_delivered == total)
+                stats = session.stats
+            assert received == log, batch
+            assert (stats.duplicates_dropped, stats.gaps, stats.connects) == (0, 0, 1), batch
+            if batch:
+                # The replay is ready at once: several events per frame.
+                assert 1 <= stats.batches < total, stats
+            else:
+                assert stats.batches == 0, stats
+
+
+@pytest.mark.trio
 async def test_F32_sdk_stops_on_terminal_errors_without_retrying(stack: Stack) -> None:
     user = stack.make_user()
     async with SessionHttp(stack.session.url, user.api_key) as http, AuthClient(stack.auth.url, user.api_key) as auth:
@@ -286,6 +320,10 @@ def test_cli_projects_send_connect_and_tail(stack: Stack, tmp_path: Path) -> Non
     lines = tail_lines(env, ["tail", "cli-app", "--from", "0"], until_kinds=3)
     events = [json.loads(line) for line in lines]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    single = [
+        json.loads(line) for line in tail_lines(env, ["tail", "cli-app", "--from", "0", "--no-batch"], until_kinds=3)
+    ]
+    assert single[: len(events)] == events  # one event per frame: the same log
     assert events[0]["kind"] == "prompt"
     assert events[0]["data"]["text"] == "hello there"
     for run in (created, listed, sent, chat):

@@ -104,6 +104,8 @@ class WsClient:
         self.received.append(frame)
         if frame["type"] == "event":
             self.events.append(frame)
+        elif frame["type"] == "events":
+            self.events.extend(frame["events"])
         return frame
 
     async def recv_type(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -115,11 +117,19 @@ class WsClient:
                     return frame
 
     async def init(
-        self, token: str, project: dict[str, str], *, resume_from: int | None = None, client_id: str = "test"
+        self,
+        token: str,
+        project: dict[str, str],
+        *,
+        resume_from: int | None = None,
+        client_id: str = "test",
+        batch: bool | None = None,
     ) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "init", "v": 1, "token": token, "project": project, "client_id": client_id}
         if resume_from is not None:
             frame["resume_from"] = resume_from
+        if batch is not None:
+            frame["batch"] = batch
         await self.send(frame)
         return await self.recv()
 
@@ -129,6 +139,8 @@ class WsClient:
             while True:
                 frame = await self.recv(timeout)
                 if frame["type"] == "event" and predicate(frame):
+                    return self.events
+                if frame["type"] == "events" and any(predicate(e) for e in frame["events"]):
                     return self.events
 
     async def closed(self, timeout: float = 10.0) -> Closed:
@@ -230,11 +242,12 @@ class Stack:
         *,
         replica: int = 0,
         resume_from: int | None = None,
+        batch: bool | None = None,
     ) -> AsyncIterator[tuple[WsClient, dict[str, Any]]]:
         """A socket past INIT: yields ``(client, ready_frame)``."""
         token = await self.token(api_key)
         async with self.ws(replica) as client:
-            ready = await client.init(token, {"id": project["id"]}, resume_from=resume_from)
+            ready = await client.init(token, {"id": project["id"]}, resume_from=resume_from, batch=batch)
             assert ready["type"] == "ready", ready
             yield client, ready
 

@@ -44,6 +44,11 @@ export function eventFrame(seq, kind = 'agent_chunk', data = { text: `chunk ${se
   return { type: 'event', v: 1, seq, event_id: `ev-${seq}`, kind, data, ts: new Date().toISOString() };
 }
 
+/** An `events` frame (batched delivery) carrying one event frame per seq, in the given order. */
+export function eventsFrame(seqs) {
+  return { type: 'events', v: 1, events: seqs.map((s) => eventFrame(s)) };
+}
+
 export function errorFrame(code, extra = {}) {
   const entry = CATALOGUE.codes.find((c) => c.code === code);
   return {

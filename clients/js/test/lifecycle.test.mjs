@@ -134,8 +134,9 @@ test('the init frame matches the contract', async () => {
   const { client } = makeClient(server, { clientId: 'tab.7', project: { slug: 'demo-project' } });
   await client.connect();
   const init = server.sockets[0].init;
-  assert.deepEqual(Object.keys(init).sort(), ['client_id', 'project', 'token', 'type', 'v']);
+  assert.deepEqual(Object.keys(init).sort(), ['batch', 'client_id', 'project', 'token', 'type', 'v']);
   assert.equal(init.v, 1);
+  assert.equal(init.batch, true);
   assert.equal(init.client_id, 'tab.7');
   assert.deepEqual(init.project, { slug: 'demo-project' });
 });

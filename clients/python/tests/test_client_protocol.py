@@ -24,6 +24,7 @@ from tether_client.protocol import (
     CloseCatalogue,
     ErrorFrame,
     Event,
+    Events,
     Outbox,
     PromptAck,
     Ready,
@@ -312,6 +313,9 @@ def test_outbox_refuses_duplicates_and_invalid_prompts() -> None:
 def test_client_frames_match_their_schemas() -> None:
     validate(init_frame("t" * 43, {"id": "0b9e4c7e-3f7a-4d55-9d0c-8f6f0e9b1a2c"}, "py-1", None), "init")
     validate(init_frame("t" * 43, {"slug": "my-project"}, "py-1", 17), "init")
+    validate(init_frame("t" * 43, {"slug": "my-project"}, "py-1", 17, batch=True), "init")
+    assert init_frame("t", {"slug": "p"}, "c", None, batch=True)["batch"] is True
+    assert "batch" not in init_frame("t", {"slug": "p"}, "c", None)
     validate(prompt_frame("6f1c1c3e-0c51-4a8d-9a55-1f0d1b5d3b70", "hello"), "prompt")
     validate(ping_frame(), "ping")
     validate(ping_frame("n1"), "ping")
@@ -360,6 +364,83 @@ def test_server_frames_parse_into_typed_values() -> None:
     assert error.retry_after_ms == 50
     unknown = parse_server_frame('{"type":"novelty","v":1}')
     assert isinstance(unknown, UnknownFrame)
+    assert ready.batch is False  # absent: one event per frame
+    granted = parse_server_frame(json.dumps(_ready(batch=True)))
+    assert isinstance(granted, Ready)
+    assert granted.batch is True
+
+
+def _event(seq: int) -> dict[str, Any]:
+    return {
+        "type": "event",
+        "v": 1,
+        "seq": seq,
+        "event_id": f"e{seq}",
+        "kind": "agent_chunk",
+        "data": {"text": f"t{seq}", "prompt_seq": 1},
+        "ts": "2030-01-01T00:00:00Z",
+    }
+
+
+def test_events_frames_parse_into_the_same_events_as_event_frames() -> None:
+    frame = {"type": "events", "v": 1, "events": [_event(2), _event(3), _event(4)]}
+    validate(frame, "events")
+    batch = parse_server_frame(json.dumps(frame))
+    assert isinstance(batch, Events)
+    assert batch.events == tuple(parse_server_frame(json.dumps(_event(s))) for s in (2, 3, 4))
+    assert [event_text(e) for e in batch.events] == ["t2", "t3", "t4"]
+
+
+def test_the_client_parses_every_server_frame_type_of_the_contract() -> None:
+    """A frame type the server may send and this client does not know would be ignored as an
+    UnknownFrame: every server_to_client schema in contracts/ must parse into its own type."""
+    samples: dict[str, dict[str, Any]] = {
+        "ready": _ready(batch=True),
+        "event": _event(1),
+        "events": {"type": "events", "v": 1, "events": [_event(1), _event(2)]},
+        "prompt_ack": {"type": "prompt_ack", "v": 1, "client_msg_id": "m", "seq": 3, "duplicate": False},
+        "pong": {"type": "pong", "v": 1, "server_time": "2030-01-01T00:00:00Z"},
+        "reauth_ok": {"type": "reauth_ok", "v": 1, "session_expires_at": "2030-01-01T00:00:00Z"},
+        "error": {
+            "type": "error",
+            "v": 1,
+            "code": "draining",
+            "close_code": 4502,
+            "message": "bye",
+            "retryable": True,
+            "action": "resume",
+        },
+    }
+    server_types = {
+        schema["properties"]["type"]["const"]
+        for path in (CONTRACTS / "frames").glob("*.json")
+        if (schema := json.loads(path.read_text()))["x-direction"] == "server_to_client"
+    }
+    assert server_types == set(samples)
+    for name, frame in samples.items():
+        validate(frame, name)
+        assert not isinstance(parse_server_frame(json.dumps(frame)), UnknownFrame), name
+
+
+@pytest.mark.parametrize(
+    ("events", "match"),
+    [
+        (None, "non-empty list"),
+        ([], "non-empty list"),
+        ({"0": _event(1)}, "non-empty list"),
+        ([_event(1), "e2"], r"events\[1\] must be an event frame"),
+        ([_event(1), {**_event(2), "type": "prompt"}], r"events\[1\] must be an event frame"),
+        ([_event(1), {**_event(2), "v": 2}], r"events\[1\] has protocol version"),
+        ([{**_event(1), "seq": 0}], r"events\[0\] frame: seq"),
+        ([_event(1), {**_event(2), "data": []}], r"events\[1\] frame: data"),
+    ],
+)
+def test_malformed_events_frames_are_protocol_errors(events: object, match: str) -> None:
+    frame: dict[str, Any] = {"type": "events", "v": 1}
+    if events is not None:
+        frame["events"] = events
+    with pytest.raises(TetherProtocolError, match=match):
+        parse_server_frame(json.dumps(frame))
 
 
 @pytest.mark.parametrize(

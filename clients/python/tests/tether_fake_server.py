@@ -61,6 +61,7 @@ class Conn:
         timeout_ms: int = 45000,
         expires_in_s: float = 3600,
     ) -> None:
+        """Answer INIT with ``ready``; batched delivery is granted when INIT asked for it."""
         now = datetime.now(UTC)
         cursor = self.init.get("resume_from", last_seq) if resume_from is None else resume_from
         await self.send(
@@ -76,21 +77,16 @@ class Conn:
                 "session_expires_at": (now + timedelta(seconds=expires_in_s)).isoformat(),
                 "server_time": now.isoformat(),
                 "limits": {"max_frame_bytes": 65536, "prompts_per_minute": 120},
+                "batch": self.init.get("batch") is True,
             }
         )
 
     async def event(self, seq: int, kind: str = "note", **data: Any) -> None:
-        await self.send(
-            {
-                "type": "event",
-                "v": 1,
-                "seq": seq,
-                "event_id": f"e{seq}",
-                "kind": kind,
-                "data": data,
-                "ts": datetime.now(UTC).isoformat(),
-            }
-        )
+        await self.send(event_frame(seq, kind, **data))
+
+    async def events(self, *seqs: int) -> None:
+        """One ``events`` frame (batched delivery) with an event per seq, in this order."""
+        await self.send({"type": "events", "v": 1, "events": [event_frame(seq, n=seq) for seq in seqs]})
 
     async def fail(self, name: str, *, retry_after_ms: int | None = None) -> None:
         """The server's way to end a connection: an error frame, then the close code."""
@@ -125,6 +121,18 @@ class Conn:
                 self.received.append(json.loads(await self.ws.get_message()))
         except ConnectionClosed:
             return
+
+
+def event_frame(seq: int, kind: str = "note", **data: Any) -> dict[str, Any]:
+    return {
+        "type": "event",
+        "v": 1,
+        "seq": seq,
+        "event_id": f"e{seq}",
+        "kind": kind,
+        "data": data,
+        "ts": datetime.now(UTC).isoformat(),
+    }
 
 
 Script = Callable[[Conn], Awaitable[None]]

@@ -13,7 +13,7 @@ from .errors import (
     TetherTransportError,
 )
 from .http import AuthClient, EventPage, IssuedToken, Project, Readiness, SessionHttp, User, http_url, ws_url
-from .protocol import CloseCatalogue, CloseCode, Event, Ready
+from .protocol import CloseCatalogue, CloseCode, Event, Events, Ready
 from .session import EventStream, Session, SessionStats, open_session
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "Event",
     "EventPage",
     "EventStream",
+    "Events",
     "IssuedToken",
     "Project",
     "Readiness",

@@ -81,6 +81,13 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         help="Origin header sent on the WebSocket upgrade (env TETHER_ORIGIN)",
     )
     parser.add_argument(
+        "--no-batch",
+        dest="batch",
+        action="store_false",
+        default=default(True),
+        help="ask the server for one event per frame instead of batched delivery ('events' frames)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="store_true", default=default(False), help="log connection events to stderr"
     )
 
@@ -194,7 +201,7 @@ async def _resolve(args: argparse.Namespace, key: str) -> Project:
 
 
 def _session_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    options: dict[str, Any] = {"origin": args.origin}
+    options: dict[str, Any] = {"origin": args.origin, "batch": args.batch}
     options.update(extra)
     return options
 
@@ -337,6 +344,7 @@ async def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
         ws_url=_ws_urls(args)[0],
         step_timeout_s=args.timeout,
         agent_timeout_s=max(args.timeout, 30.0),
+        batch=args.batch,
     )
 
     def print_step(step: StepResult) -> None:

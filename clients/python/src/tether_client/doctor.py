@@ -16,6 +16,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from .protocol import (
     CloseDecision,
     ErrorFrame,
     Event,
+    Events,
     PromptAck,
     Ready,
     ServerFrame,
@@ -146,6 +148,7 @@ class DoctorConfig:
     ws_url: str | None = None
     step_timeout_s: float = 15.0
     agent_timeout_s: float = 30.0
+    batch: bool = True  # INIT asks for batched delivery (`events` frames), as the SDK does
 
 
 STEPS: list[tuple[str, str]] = [
@@ -250,6 +253,7 @@ class _Link:
         self.catalogue = catalogue
         self.error: ErrorFrame | None = None
         self._done = done
+        self._batched: deque[Event] = deque()  # the rest of an `events` frame
 
     async def send(self, frame: dict[str, Any]) -> None:
         try:
@@ -258,8 +262,11 @@ class _Link:
             raise _Closed(self._decide(exc)) from None
 
     async def receive(self) -> ServerFrame:
-        """The next frame; an ``error`` frame is remembered and skipped (the close follows)."""
+        """The next frame; an ``error`` frame is remembered and skipped (the close follows).
+        The items of an ``events`` frame are returned one by one, as if each had arrived alone."""
         while True:
+            if self._batched:
+                return self._batched.popleft()
             try:
                 raw = await self.ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
@@ -267,6 +274,9 @@ class _Link:
             frame = parse_server_frame(raw)
             if isinstance(frame, ErrorFrame):
                 self.error = frame
+                continue
+            if isinstance(frame, Events):
+                self._batched.extend(frame.events)
                 continue
             return frame
 
@@ -569,7 +579,9 @@ class Doctor:
         return f"{self.ws_url} upgraded ({origin}); close-code catalogue v{catalogue.version} ({len(catalogue.entries)} codes)"
 
     async def _init(self, link: _Link, token: str, resume_from: int | None) -> Ready:
-        await link.send(init_frame(token, {"id": self._project().id}, self.client_id, resume_from))
+        await link.send(
+            init_frame(token, {"id": self._project().id}, self.client_id, resume_from, batch=self.config.batch)
+        )
         frame = await link.receive()
         if not isinstance(frame, Ready):
             raise StepFailed(
@@ -587,7 +599,8 @@ class Doctor:
         r = self.ready
         return (
             f"ready: project {r.project.slug}, last_seq {r.last_seq}, heartbeat "
-            f"{r.heartbeat_interval_ms}/{r.heartbeat_timeout_ms} ms, connection {r.connection_id}"
+            f"{r.heartbeat_interval_ms}/{r.heartbeat_timeout_ms} ms, connection {r.connection_id}, "
+            f"batched delivery {'on' if r.batch else 'off'}"
         )
 
     async def _prompt(self, link: _Link, text: str) -> PromptAck:

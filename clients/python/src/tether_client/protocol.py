@@ -5,9 +5,11 @@ of its own (the random source is passed in).  :mod:`tether_client.session` wraps
 trio and trio-websocket; the unit tests drive it directly.
 
 * Frames: :func:`parse_server_frame` turns server text into frozen dataclasses
-  (:class:`Ready`, :class:`Event`, :class:`PromptAck`, :class:`Pong`, :class:`ReauthOk`,
-  :class:`ErrorFrame`); ``*_frame`` functions build client frames as the JSON Schemas in
-  ``contracts/session/frames/`` describe them.
+  (:class:`Ready`, :class:`Event`, :class:`Events`, :class:`PromptAck`, :class:`Pong`,
+  :class:`ReauthOk`, :class:`ErrorFrame`); ``*_frame`` functions build client frames as the
+  JSON Schemas in ``contracts/session/frames/`` describe them.  An ``events`` frame (batched
+  delivery, asked for with INIT ``batch: true``) is a list of event frames: a client handles
+  each of them exactly as if it had arrived alone.
 * Close codes: :class:`CloseCatalogue` is the catalogue *as served by the session
   service* (``GET /v1/protocol/close-codes``); :func:`decide_close` turns a close code
   (plus the ``error`` frame that preceded it) into a :class:`CloseDecision`: retry or
@@ -87,6 +89,7 @@ class Ready:
     server_time: datetime
     max_frame_bytes: int
     prompts_per_minute: int
+    batch: bool = False  # the server delivers events in `events` frames (INIT batch granted)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,17 @@ class Event:
 
     def as_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "event_id": self.event_id, "kind": self.kind, "data": self.data, "ts": self.ts}
+
+
+@dataclass(frozen=True)
+class Events:
+    """Batched delivery: consecutive events of the log in one frame (INIT ``batch: true``).
+
+    Each item is handled exactly as if it had arrived alone in an ``event`` frame: dedup,
+    gap detection and the resume cursor apply item by item, in order.
+    """
+
+    events: tuple[Event, ...]
 
 
 @dataclass(frozen=True)
@@ -142,7 +156,7 @@ class UnknownFrame:
     raw: dict[str, Any] = field(repr=False)
 
 
-ServerFrame = Ready | Event | PromptAck | Pong | ReauthOk | ErrorFrame | UnknownFrame
+ServerFrame = Ready | Event | Events | PromptAck | Pong | ReauthOk | ErrorFrame | UnknownFrame
 
 
 class _Fields:
@@ -186,6 +200,9 @@ class _Fields:
             raise self._fail(name, "an object")
         return value
 
+    def opt_boolean(self, name: str) -> bool:
+        return self.boolean(name) if name in self.obj else False
+
     def when(self, name: str) -> datetime:
         text = self.text(name)
         try:
@@ -227,7 +244,9 @@ def parse_server_frame(raw: str | bytes) -> ServerFrame:
             f"{kind} frame has protocol version {obj.get('v')!r}, this client speaks {PROTOCOL_VERSION}"
         )
     if kind == "event":
-        return Event(f.integer("seq", 1), f.text("event_id"), f.text("kind"), f.mapping("data"), f.text("ts"))
+        return _event(f)
+    if kind == "events":
+        return Events(tuple(_event(item) for item in _event_items(obj)))
     if kind == "prompt_ack":
         return PromptAck(f.text("client_msg_id"), f.integer("seq", 1), f.boolean("duplicate"))
     if kind == "pong":
@@ -260,8 +279,29 @@ def parse_server_frame(raw: str | bytes) -> ServerFrame:
             server_time=f.when("server_time"),
             max_frame_bytes=limits.integer("max_frame_bytes"),
             prompts_per_minute=limits.integer("prompts_per_minute"),
+            batch=f.opt_boolean("batch"),
         )
     return UnknownFrame(kind, obj)
+
+
+def _event(f: _Fields) -> Event:
+    return Event(f.integer("seq", 1), f.text("event_id"), f.text("kind"), f.mapping("data"), f.text("ts"))
+
+
+def _event_items(obj: Mapping[str, Any]) -> list[_Fields]:
+    """The items of an ``events`` frame, each checked to be an ``event`` frame."""
+    items = obj.get("events")
+    if not isinstance(items, list) or not items:
+        raise TetherProtocolError(f"events frame: events must be a non-empty list, got {items!r:.80}")
+    checked: list[_Fields] = []
+    for i, item in enumerate(items):
+        where = f"events[{i}]"
+        if not isinstance(item, dict) or item.get("type") != "event":
+            raise TetherProtocolError(f"events frame: {where} must be an event frame, got {item!r:.80}")
+        if item.get("v") != PROTOCOL_VERSION:
+            raise TetherProtocolError(f"events frame: {where} has protocol version {item.get('v')!r}")
+        checked.append(_Fields(where, item))
+    return checked
 
 
 # -- client frames -------------------------------------------------------------------------
@@ -272,7 +312,10 @@ def encode(frame: Mapping[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
-def init_frame(token: str, project: Mapping[str, str], client_id: str, resume_from: int | None) -> dict[str, Any]:
+def init_frame(
+    token: str, project: Mapping[str, str], client_id: str, resume_from: int | None, *, batch: bool = False
+) -> dict[str, Any]:
+    """The INIT frame; ``batch=True`` says the client understands ``events`` frames."""
     if not _ID.match(client_id):
         raise ValueError("client_id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     frame: dict[str, Any] = {
@@ -284,6 +327,8 @@ def init_frame(token: str, project: Mapping[str, str], client_id: str, resume_fr
     }
     if resume_from is not None:
         frame["resume_from"] = resume_from
+    if batch:
+        frame["batch"] = True
     return frame
 
 

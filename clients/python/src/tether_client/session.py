@@ -10,9 +10,11 @@
 What it does (the rules live in :mod:`tether_client.protocol`; this module is the I/O):
 
 * every connect and reconnect fetches a **fresh** token from ``get_token`` (F05) and
-  sends INIT with ``resume_from`` = the last seq seen, then waits for ``ready``;
+  sends INIT with ``resume_from`` = the last seq seen (and ``batch: true`` unless
+  ``batch=False``), then waits for ``ready``;
 * events are delivered in order, exactly once: duplicates (``seq <= last_seq``) are
-  dropped and counted, a gap closes the socket and resumes (F20-F22);
+  dropped and counted, a gap closes the socket and resumes (F20-F22); the items of an
+  ``events`` frame (batched delivery) are handled one by one, exactly like ``event`` frames;
 * a lost connection is retried with capped exponential backoff and full jitter,
   honouring ``retry_after_ms`` and reset only by a connection that stayed up; retryable
   vs terminal comes from the close-code catalogue fetched from the service (F32);
@@ -65,6 +67,7 @@ from .protocol import (
     CloseDecision,
     ErrorFrame,
     Event,
+    Events,
     Outbox,
     Pong,
     PromptAck,
@@ -103,6 +106,7 @@ class SessionStats:
     duplicates_dropped: int = 0  # events with seq <= last_seq, dropped
     gaps: int = 0  # gaps detected (each one caused a resume)
     events_delivered: int = 0
+    batches: int = 0  # `events` frames received (batched delivery)
     prompts_sent: int = 0  # prompt frames written (re-sends included)
     reauths: int = 0  # `reauth_ok` frames received
 
@@ -152,6 +156,7 @@ class Session:
         reauth_margin_s: float = 60.0,
         event_buffer: int = 10_000,
         http_timeout_s: float = 10.0,
+        batch: bool = True,
         random: Callable[[], float] = _random.random,
     ) -> None:
         self._urls = [urls] if isinstance(urls, str) else list(urls)
@@ -173,6 +178,7 @@ class Session:
         self._reauth_margin_s = reauth_margin_s
         self._http_timeout_s = http_timeout_s
         self._random = random
+        self._batch = batch
 
         self.stats = SessionStats()
         self._tracker = SeqTracker(last_seq=resume_from)
@@ -392,7 +398,8 @@ class Session:
             return _failed_request("connection token", exc)
         resume_from = self._tracker.last_seq
         try:
-            await ws.send_message(encode(init_frame(token, self._project, self.client_id, resume_from)))
+            init = init_frame(token, self._project, self.client_id, resume_from, batch=self._batch)
+            await ws.send_message(encode(init))
         except trio_websocket.ConnectionClosed as exc:
             return _Outcome(decide_close(catalogue, _code(exc), None))
         error: ErrorFrame | None = None
@@ -448,11 +455,12 @@ class Session:
         self._ready = ready
         self.stats.readies += 1
         log.info(
-            "ready: project %s, connection %s, last_seq %d, resume_from %d",
+            "ready: project %s, connection %s, last_seq %d, resume_from %d, batch %s",
             ready.project.slug,
             ready.connection_id,
             ready.last_seq,
             ready.resume_from,
+            ready.batch,
         )
         if not self._started:
             self._started = True
@@ -481,25 +489,13 @@ class Session:
                 ended = _Outcome(local_decision("protocol_error", str(exc), retry=False), error=exc)
                 await self._close_conn(conn, ended, code=1002)
                 return ended
-            if isinstance(frame, Event):
-                verdict = self._tracker.accept(frame.seq)
-                if verdict is Verdict.DELIVER:
-                    conn.delivering = True
-                    try:
-                        await self._events_send.send(frame)
-                    finally:
-                        conn.delivering = False
-                        conn.last_heard = trio.current_time()
-                    self.stats.events_delivered += 1
-                elif verdict is Verdict.DUPLICATE:
-                    self.stats.duplicates_dropped += 1
-                    log.debug("dropped duplicate event seq %d (last_seq %s)", frame.seq, self._tracker.last_seq)
-                else:
-                    self.stats.gaps += 1
-                    reason = f"expected seq {(self._tracker.last_seq or 0) + 1}, got {frame.seq}"
-                    ended = _Outcome(local_decision("gap", reason))
-                    await self._close_conn(conn, ended)
-                    return ended
+            if isinstance(frame, Event | Events):
+                if isinstance(frame, Events):
+                    self.stats.batches += 1
+                for event in frame.events if isinstance(frame, Events) else (frame,):
+                    gap = await self._on_event(conn, event)
+                    if gap is not None:
+                        return gap
             elif isinstance(frame, PromptAck):
                 self._on_ack(frame)
             elif isinstance(frame, ErrorFrame):
@@ -515,6 +511,29 @@ class Session:
                 await self._close_conn(conn, ended, code=1002)
                 return ended
             # Pong: hearing it is all that counts.  UnknownFrame: ignored (newer server).
+
+    async def _on_event(self, conn: _Conn, event: Event) -> _Outcome | None:
+        """Deliver, drop (duplicate) or resume (gap: the socket is closed and the outcome
+        returned).  Each item of an ``events`` frame comes here as if it had arrived alone."""
+        verdict = self._tracker.accept(event.seq)
+        if verdict is Verdict.DELIVER:
+            conn.delivering = True
+            try:
+                await self._events_send.send(event)
+            finally:
+                conn.delivering = False
+                conn.last_heard = trio.current_time()
+            self.stats.events_delivered += 1
+        elif verdict is Verdict.DUPLICATE:
+            self.stats.duplicates_dropped += 1
+            log.debug("dropped duplicate event seq %d (last_seq %s)", event.seq, self._tracker.last_seq)
+        else:
+            self.stats.gaps += 1
+            reason = f"expected seq {(self._tracker.last_seq or 0) + 1}, got {event.seq}"
+            ended = _Outcome(local_decision("gap", reason))
+            await self._close_conn(conn, ended)
+            return ended
+        return None
 
     def _on_ack(self, ack: PromptAck) -> None:
         self._outbox.ack(ack.client_msg_id)
@@ -663,7 +682,8 @@ async def open_session(
     this long resets the backoff), ``max_reconnects`` (consecutive
     failed attempts before :class:`TetherGaveUp`; default: never give up),
     ``connect_timeout_s``, ``ready_timeout_s``, ``close_timeout_s``, ``reauth_margin_s``,
-    ``event_buffer``, ``random``.
+    ``event_buffer``, ``batch`` (ask for batched delivery in ``events`` frames; default
+    True), ``random``.
 
     Raises the terminal error (:class:`TetherClosed`, :class:`TetherHTTPError`,
     :class:`TetherGaveUp`) when the session cannot be established or ends for good.

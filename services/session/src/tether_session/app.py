@@ -208,7 +208,7 @@ def create_app(config: Config | None = None) -> Quart:
         [*database_phases(db, SCHEMA, all_migrations, log), ("auth_token", auth_service), ("listen", listen)],
     )
     metrics = Metrics(registry)
-    hub = Hub(db, log, frames.encode_event)
+    hub = Hub(db, log, frames.encode_event, frames.encode_batch)
     appender = Appender(db, log)
     st = State(
         config=config,

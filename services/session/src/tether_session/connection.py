@@ -28,6 +28,7 @@ from tether_kit.errors import DependencyUnavailable, TetherError
 
 from . import store
 from .auth_client import Consumed
+from .fanout import chunk_frames
 from .protocol import SessionError, SessionMachine, State, TokenBucket
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class Connection:
         self.close_level = "info"
         self.delivered = 0
         self.replayed = 0
+        self.batch = False  # INIT's batch: deliver consecutive events in one ``events`` frame
         self._feed: Feed | None = None
         self._sub: Subscriber | None = None
         self._counted_user = False
@@ -101,9 +103,9 @@ class Connection:
             try:
                 await self._session()
             except* SessionError as group:
-                raise group.exceptions[0] from None
+                raise self._first(group) from None
             except* DependencyUnavailable as group:
-                raise group.exceptions[0] from None
+                raise self._first(group) from None
         except SessionError as err:
             await self._fail(err)
         except DependencyUnavailable as err:
@@ -127,6 +129,20 @@ class Connection:
             self.st.log.exception("ws_internal_error", exc)
             if self.machine.is_live:
                 await self._fail(SessionError("internal_error", "unexpected server error"))
+
+    def _first(self, group: ExceptionGroup[Exception]) -> Exception:
+        """The error that closes the socket; any other one of the group still reaches the log."""
+        leaves: list[Exception] = []
+        pending: list[Exception] = [group]
+        while pending:
+            exc = pending.pop(0)
+            if isinstance(exc, ExceptionGroup):
+                pending[:0] = exc.exceptions
+            else:
+                leaves.append(exc)
+        for other in leaves[1:]:
+            self.st.log.warning("ws_concurrent_error", error=f"{type(other).__name__}: {other}"[:300])
+        return leaves[0]
 
     def force_close(self, error: SessionError) -> None:
         """Close this connection from outside (drain): cancels the handler, which then fails with ``error``."""
@@ -261,6 +277,7 @@ class Connection:
                 if first is not None and resume_from < first - 1:
                     raise SessionError("resume_unavailable", f"events before seq {first} are no longer retained")
         self.project = project
+        self.batch = bool(init.get("batch", False))
         self._feed, self._sub = st.hub.subscribe(project.id, self.id)
         self.cursor = resume_from if resume_from is not None else project.last_seq
         self.expires_at = time.monotonic() + st.config.session_lifetime_s
@@ -277,6 +294,7 @@ class Connection:
                 "project": {"id": str(project.id), "slug": project.slug, "name": project.name},
                 "last_seq": project.last_seq,
                 "resume_from": self.cursor,
+                "batch": self.batch,
                 "heartbeat": {
                     "interval_ms": st.config.heartbeat_interval_ms,
                     "timeout_ms": st.config.heartbeat_timeout_ms,
@@ -334,38 +352,48 @@ class Connection:
         )
 
     async def _writer(self) -> None:
+        """Deliver the log after ``cursor``: from the feed's shared cache, or from the log while catching up.
+
+        Frames are encoded once per event (and once per batch for every subscriber at the
+        same cursor); each round of frames is written under one send deadline.
+        """
         st = self.st
         assert self._feed is not None
         assert self._sub is not None
         assert self.project is not None
-        feed, sub = self._feed, self._sub
+        feed, sub, batch = self._feed, self._sub, self.batch
         send_timeout = st.config.send_timeout_ms / 1000
+        frames_out = st.metrics.frames_out.labels("events" if batch else "event")
+        send = self.ws.send
         while True:
             sub.wake.clear()
-            frames = feed.frames_after(self.cursor)
-            replay = frames is None
-            if frames is None:
+            chunks = feed.chunks_after(self.cursor) if batch else feed.frames_after(self.cursor)
+            replay = chunks is None
+            if chunks is None:
                 async with st.db.connection() as conn:
                     events = await store.read_events(conn, self.project.id, self.cursor, st.config.replay_page)
-                frames = [(e.seq, st.frames.encode_event(e)) for e in events]
-            if not frames:
+                if events and (events[0].seq != self.cursor + 1 or events[-1].seq != self.cursor + len(events)):
+                    raise SessionError("internal_error", f"log gap after seq {self.cursor}")
+                chunks = [(e.seq, st.frames.encode_event(e)) for e in events]
+                if batch and chunks:
+                    chunks = chunk_frames(chunks, st.frames.encode_batch)
+            if not chunks:
                 await sub.wake.wait()
                 continue
-            for seq, text in frames:
-                if seq != self.cursor + 1:
-                    raise SessionError("internal_error", f"log gap: expected seq {self.cursor + 1}, got {seq}")
-                try:
-                    async with asyncio.timeout(send_timeout):
-                        await self.ws.send(text)
-                except TimeoutError:
-                    st.metrics.slow_consumers.inc()
-                    raise SessionError(
-                        "slow_consumer", f"a send blocked for more than {st.config.send_timeout_ms} ms"
-                    ) from None
-                self.cursor = seq
-            count = len(frames)
+            before = self.cursor
+            try:
+                async with asyncio.timeout(send_timeout):
+                    for last_seq, text in chunks:
+                        await send(text)
+                        self.cursor = last_seq
+            except TimeoutError:
+                st.metrics.slow_consumers.inc()
+                raise SessionError(
+                    "slow_consumer", f"a send blocked for more than {st.config.send_timeout_ms} ms"
+                ) from None
+            count = self.cursor - before
             self.delivered += count
-            st.metrics.frames_out.labels("event").inc(count)
+            frames_out.inc(len(chunks))
             st.metrics.delivered.inc(count)
             if replay:
                 self.replayed += count

@@ -8,6 +8,12 @@ cache; each subscribed connection pulls from the cache with its own cursor, or f
 log directly while it is catching up (resume, a slow reader, a cache miss).  Memory per
 connection is a cursor and a wake-up event, whatever the backlog.
 
+Events appended by this replica are pushed into the feed right after their commit
+(:meth:`Hub.appended`), so the replica that wrote them does not read them back; the
+NOTIFY that follows is then already covered.  A client that asked for batches gets
+the events ready at once in one ``events`` frame; subscribers at the same cursor share
+one joined frame (:meth:`Feed.chunks_after`).
+
 A lost LISTEN connection is detected (termination callback + a periodic probe) and
 re-established; on every (re)connect each feed re-reads its project's ``last_seq`` so
 events committed while nobody listened are delivered too.
@@ -33,6 +39,28 @@ from tether_kit.logs import JsonLogger
 from . import store
 
 Encode = Callable[[store.StoredEvent], str]
+EncodeBatch = Callable[[list[str]], str]
+Chunk = tuple[int, str]  # (last seq in the frame, frame text)
+
+# A batched frame stops growing past either bound (at least one event each).
+BATCH_MAX_EVENTS = 500
+BATCH_MAX_CHARS = 128 * 1024
+
+
+def chunk_frames(frames: list[tuple[int, str]], encode_batch: EncodeBatch) -> list[Chunk]:
+    """Group consecutive event frames into ``events`` frames, bounded in events and size."""
+    chunks: list[Chunk] = []
+    texts: list[str] = []
+    size = 0
+    for seq, text in frames:
+        if texts and (len(texts) >= BATCH_MAX_EVENTS or size + len(text) > BATCH_MAX_CHARS):
+            chunks.append((seq - 1, encode_batch(texts)))
+            texts, size = [], 0
+        texts.append(text)
+        size += len(text) + 1
+    if texts:
+        chunks.append((frames[-1][0], encode_batch(texts)))
+    return chunks
 
 
 @dataclass(eq=False)
@@ -53,6 +81,7 @@ class Feed:
         self._lock = asyncio.Lock()
         self._pending = False
         self._task: asyncio.Task[None] | None = None
+        self._batches: dict[int, list[Chunk]] = {}  # cursor -> batched frames up to head; cleared as head moves
 
     def frames_after(self, cursor: int) -> list[tuple[int, str]] | None:
         """Cached frames with seq > cursor; None when the cache does not reach back to cursor+1.
@@ -64,6 +93,33 @@ class Feed:
         if not self.cache or self.cache[0][0] > cursor + 1:
             return None
         return list(itertools.islice(self.cache, cursor + 1 - self.cache[0][0], None))
+
+    def chunks_after(self, cursor: int) -> list[Chunk] | None:
+        """Like :meth:`frames_after` as batched ``events`` frames, built once per cursor for every subscriber."""
+        chunks = self._batches.get(cursor)
+        if chunks is None:
+            frames = self.frames_after(cursor)
+            if not frames:
+                return frames
+            chunks = self._batches[cursor] = chunk_frames(frames, self.hub.encode_batch)
+        return chunks
+
+    def _extend(self, events: list[store.StoredEvent]) -> None:
+        """Add events with seq > head (contiguous from head + 1) to the cache and wake every subscriber."""
+        encode = self.hub.encode
+        for event in events:
+            if event.seq == self.head + 1:
+                self.cache.append((event.seq, encode(event)))
+                self.head = event.seq
+        self._batches.clear()
+        self.wake_all()
+
+    def push(self, events: list[store.StoredEvent]) -> None:
+        """Events this replica just committed: cached at once when they continue the head, else a refresh."""
+        if self.head >= 0 and events[0].seq == self.head + 1:
+            self._extend(events)
+        elif events[-1].seq > self.head:
+            self.poke(events[-1].seq)
 
     def poke(self, seq: int | None) -> None:
         """A NOTIFY (or a reconnect) says the log may have grown: refresh in the background."""
@@ -99,10 +155,12 @@ class Feed:
                     events = await store.read_events(conn, self.project_id, self.head, self.hub.page)
                 if not events:
                     break
-                for event in events:
-                    self.cache.append((event.seq, self.hub.encode(event)))
-                self.head = events[-1].seq
-                self.wake_all()
+                # a push may have moved the head while this read was in flight
+                fresh = [e for e in events if e.seq > self.head]
+                if fresh and fresh[0].seq != self.head + 1:
+                    raise RuntimeError(f"log gap in feed refresh: head {self.head}, read from {fresh[0].seq}")
+                if fresh:
+                    self._extend(fresh)
                 if len(events) < self.hub.page:
                     break
 
@@ -114,10 +172,20 @@ class Feed:
 class Hub:
     """The replica's registry of feeds and subscribers (F13: everything is released)."""
 
-    def __init__(self, db: Database, log: JsonLogger, encode: Encode, *, cache_size: int = 2048, page: int = 500):
+    def __init__(
+        self,
+        db: Database,
+        log: JsonLogger,
+        encode: Encode,
+        encode_batch: EncodeBatch,
+        *,
+        cache_size: int = 2048,
+        page: int = 500,
+    ):
         self.db = db
         self.log = log
         self.encode = encode
+        self.encode_batch = encode_batch
         self.cache_size = cache_size
         self.page = page
         self.feeds: dict[uuid.UUID, Feed] = {}
@@ -137,6 +205,12 @@ class Hub:
             del self.feeds[feed.project_id]
             if feed._task is not None and not feed._task.done():
                 feed._task.cancel()
+
+    def appended(self, project_id: uuid.UUID, events: list[store.StoredEvent]) -> None:
+        """This replica committed ``events`` (ascending seqs) to the project's log."""
+        feed = self.feeds.get(project_id)
+        if feed is not None and events:
+            feed.push(events)
 
     def notified(self, payload: str) -> None:
         project, _, seq = payload.partition(":")

@@ -100,3 +100,10 @@ class Frames:
         if self.validate_outgoing:
             self.encode(json.loads(frame))
         return frame
+
+    def encode_batch(self, event_frames: list[str]) -> str:
+        """An ``events`` frame around already encoded ``event`` frames (joined, not re-encoded)."""
+        frame = '{"type":"events","v":1,"events":[' + ",".join(event_frames) + "]}"
+        if self.validate_outgoing:
+            self.encode(json.loads(frame))
+        return frame
