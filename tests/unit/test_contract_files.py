@@ -115,7 +115,7 @@ def _edit(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
 def test_frames_load_from_the_contract() -> None:
     frames = Frames(SESSION / "frames", validate_outgoing=True)
     assert set(frames.client) == {"init", "prompt", "ack", "ping", "reauth"}
-    assert set(frames.server) == {"ready", "event", "prompt_ack", "pong", "error", "reauth_ok"}
+    assert set(frames.server) == {"ready", "event", "events", "prompt_ack", "pong", "error", "reauth_ok"}
 
 
 BREAKAGES: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
