@@ -26,6 +26,7 @@ def main() -> None:
         drain=st.drain,
         graceful_timeout=config.drain_timeout_s,
         max_message_size=max(4 * config.max_frame_bytes, 1 << 20),
+        websocket_deflate=config.ws_deflate,
     )
 
 
