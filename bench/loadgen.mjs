@@ -9,6 +9,15 @@
 //   LOG <text>                 progress, for the log
 //   RESULT <json>              the numbers, last
 // Every event received is checked against the per-project sequence (gap = lost, seq <= last = duplicate).
+//
+// Client options (every mode), as Tether's own clients set them:
+//   batch_frames  true = INIT carries "batch": true (the client understands 'events' frames: several
+//                 consecutive events in one message; contracts/session/frames/events.json)
+//   deflate       true = offer permessage-deflate (`ws`'s offer, like a browser's:
+//                 "permessage-deflate; client_max_window_bits"); false = offer nothing
+// Each RESULT says what the server granted: batch_granted (sessions whose ready had batch: true),
+// extensions (the negotiated Sec-WebSocket-Extensions), event_messages (WebSocket messages that
+// carried events) and events_frames (of which 'events' frames).
 import http from 'node:http';
 import readline from 'node:readline';
 import WebSocket from 'ws';
@@ -51,6 +60,7 @@ function latencyStats(samples, prefix) {
   return r;
 }
 function finish(res) {
+  if (res.mode !== 'fill') Object.assign(res, frameStats(SESSIONS));
   const c = process.cpuUsage(cpu00);
   res.client_cpu_total = +((c.user + c.system) / (now() - t00)).toFixed(3);
   out('RESULT ' + JSON.stringify(res));
@@ -80,6 +90,24 @@ function request(url, { method = 'POST', headers = {}, body = null, timeoutMs = 
     if (data) req.write(data);
     req.end();
   });
+}
+function getText(url, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(Buffer.concat(chunks).toString()) : reject(new Error(`GET ${url} -> ${res.statusCode}`))));
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`GET ${url} timed out`)));
+    req.on('error', reject);
+  });
+}
+// the replica's own count of connection outcomes (tether_ws_connects_total{outcome="ready"|"refused:<code>"})
+async function serverConnects() {
+  const text = await getText(cfg.ingest_url + '/metrics');
+  const out = {};
+  for (const m of text.matchAll(/^tether_ws_connects_total\{outcome="([^"]+)"\} ([0-9.e+]+)$/gm)) out[m[1]] = Number(m[2]);
+  return out;
 }
 async function pool(items, concurrency, fn) {
   let next = 0;
@@ -118,28 +146,42 @@ const SESSIONS = [];
 class RefusedError extends Error {
   constructor(frame) { super(`refused: ${frame.code} ${frame.message || ''}`); this.frame = frame; }
 }
+let NEGOTIATED = null; // Sec-WebSocket-Extensions of the first opened socket
 class Session {
   constructor(idx, project) {
     this.idx = idx; this.project = project; this.clientId = `bench-${RUN}-${idx}`;
     this.ws = null; this.lastSeq = 0; this.events = 0; this.dups = 0; this.gaps = 0; this.errors = [];
     this.onEvent = null; this.onAck = null; this.live = false; this.closes = 0; this.lastPing = 0; this.heartbeatMs = 15000;
+    this.messages = 0; this.batchMessages = 0; this.batchGranted = false;
     SESSIONS.push(this);
   }
-  open(token, resumeFrom) {
+  // timeoutMs: no `ready` within this long of opening the socket = a failed attempt (tether.js: connectTimeoutMs)
+  open(token, resumeFrom, timeoutMs = 0) {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(cfg.ws_url, { perMessageDeflate: false });
+      const ws = new WebSocket(cfg.ws_url, { perMessageDeflate: !!cfg.deflate });
       this.ws = ws; this.live = false;
       let settled = false;
-      const fail = (e) => { if (!settled) { settled = true; reject(e); } };
+      let timer = null;
+      const fail = (e) => { if (!settled) { settled = true; if (timer) clearTimeout(timer); reject(e); } };
+      if (timeoutMs > 0) {
+        timer = setTimeout(() => {
+          if (settled) return;
+          fail(Object.assign(new Error('connect timeout'), { code: 'connect_timeout' }));
+          if (ws === this.ws) this.ws = null;
+          ws.terminate();
+        }, timeoutMs);
+      }
       ws.on('error', (e) => { if (ws === this.ws && !settled) fail(e); });
       ws.on('open', () => {
+        if (NEGOTIATED === null) NEGOTIATED = ws.extensions || '';
         const init = { type: 'init', v: 1, token, project: { id: this.project }, client_id: this.clientId };
         if (resumeFrom !== undefined && resumeFrom !== null) init.resume_from = resumeFrom;
+        if (cfg.batch_frames) init.batch = true;
         ws.send(JSON.stringify(init));
       });
       ws.on('close', (code) => {
         if (ws === this.ws) { if (this.live) this.closes++; this.live = false; }
-        fail(new Error(`closed before ready (${code})`));
+        fail(Object.assign(new Error(`closed before ready (${code})`), { code: `close_${code}` }));
       });
       const dispatch = (m) => {
         switch (m.type) {
@@ -157,7 +199,9 @@ class Session {
           case 'prompt_ack': if (this.onAck) this.onAck(m, this); return;
           case 'ready':
             this.live = true; this.heartbeatMs = m.heartbeat.interval_ms; this.lastPing = Date.now();
+            this.batchGranted = m.batch === true;
             if (resumeFrom === undefined || resumeFrom === null) this.lastSeq = m.resume_from;
+            if (timer) clearTimeout(timer);
             settled = true; resolve(m); return;
           case 'error':
             this.errors.push(m.code);
@@ -167,7 +211,11 @@ class Session {
         }
       };
       ws.on('message', (buf) => {
-        if (ws === this.ws) dispatch(JSON.parse(buf.toString())); // else: a dropped socket's leftovers
+        if (ws !== this.ws) return; // a dropped socket's leftovers
+        const m = JSON.parse(buf.toString());
+        if (m.type === 'event') this.messages++;
+        else if (m.type === 'events') { this.messages++; this.batchMessages++; }
+        dispatch(m);
       });
     });
   }
@@ -194,7 +242,7 @@ async function openAll(sessions, tokens, concurrency, { resume = false, latencie
         if (latencies) latencies.push(now() - t0);
         return;
       } catch (e) {
-        const code = e instanceof RefusedError ? e.frame.code : (e.code || e.message).slice(0, 40);
+        const code = failureCode(e);
         if (refusals) refusals[code] = (refusals[code] || 0) + 1;
         if (attempt >= 20) throw e;
         const wait = e instanceof RefusedError && e.frame.retry_after_ms !== undefined ? e.frame.retry_after_ms : 50 * (attempt + 1);
@@ -203,10 +251,118 @@ async function openAll(sessions, tokens, concurrency, { resume = false, latencie
     }
   });
 }
+// Reconnect after a drop the way Tether's browser client does (clients/js/tether.js: backoffDelay,
+// #afterAttempt, #scheduleReconnect, connectTimeoutMs), each session on its own, no cap on attempts in
+// flight: the connection had been up longer than resetAfterMs (5 s), so the first attempt waits
+// floor(random * 250) ms; the n-th failed attempt then waits max(floor(random * min(15000, 250 * 2^n)),
+// retry_after_ms of the server's error frame); an attempt without `ready` 15 s after the socket was
+// opened is abandoned (and counts as failed).  Every retry gets a fresh token (tether.js: getToken()
+// per attempt); the first attempt uses one fetched before the drop.
+const TETHER_JS = { baseMs: 250, capMs: 15000, connectTimeoutMs: 15000 };
+function backoffDelay(attempt) {
+  return Math.floor(Math.random() * Math.min(TETHER_JS.capMs, TETHER_JS.baseMs * 2 ** Math.min(Math.max(attempt, 0), 40)));
+}
+// -> per-session timings and a per-second timeline (attempts started, ready, failed), for "where the time goes"
+async function reconnectLikeClients(sessions, tokens, { latencies, refusals, maxAttempts = 60 }) {
+  const t0 = now();
+  const sec = (t) => Math.max(0, Math.floor((t - t0) / 1e6));
+  const timeline = [];
+  const bump = (t, k) => { const i = sec(t); while (timeline.length <= i) timeline.push({ attempts: 0, ready: 0, failed: 0 }); timeline[i][k]++; };
+  const per = [];
+  let tk = 0;
+  // the server's view, polled once a second (one request at a time) while the sessions come back
+  const server0 = await serverConnects().catch(() => null);
+  const serverSeries = [];
+  let polling = true, metricsErrors = 0;
+  const poller = (async () => {
+    while (polling) {
+      const t = now();
+      try { serverSeries.push({ s: +((t - t0) / 1e6).toFixed(1), ...(await serverConnects()) }); } catch { metricsErrors++; }
+      await sleep(Math.max(0, 1000 - (now() - t) / 1000));
+    }
+  })();
+  await Promise.all(sessions.map(async (s) => {
+    const st = { attempts: 0, backoff_ms: 0, token_ms: 0, failed_ms: 0, final_ms: 0, first_attempt_ms: null, ready_ms: null };
+    per.push(st);
+    let attempt = 0, retryAfter = 0;
+    for (;;) {
+      const delay = Math.max(backoffDelay(attempt), retryAfter);
+      attempt++;
+      await sleep(delay);
+      st.backoff_ms += delay;
+      let token;
+      if (tk < tokens.length) token = tokens[tk++];
+      else { const tt = now(); token = await fetchToken(); st.token_ms += (now() - tt) / 1000; }
+      const ta = now();
+      if (st.first_attempt_ms === null) st.first_attempt_ms = (ta - t0) / 1000;
+      st.attempts++;
+      bump(ta, 'attempts');
+      try {
+        await s.open(token, s.lastSeq, TETHER_JS.connectTimeoutMs);
+        const tr = now();
+        st.final_ms = (tr - ta) / 1000; st.ready_ms = (tr - t0) / 1000;
+        bump(tr, 'ready');
+        if (latencies) latencies.push(tr - ta);
+        return;
+      } catch (e) {
+        const tf = now();
+        st.failed_ms += (tf - ta) / 1000;
+        bump(tf, 'failed');
+        const code = failureCode(e);
+        refusals[code] = (refusals[code] || 0) + 1;
+        retryAfter = e instanceof RefusedError && Number.isInteger(e.frame.retry_after_ms) ? e.frame.retry_after_ms : 0;
+        if (st.attempts >= maxAttempts) throw e;
+      }
+    }
+  })).finally(() => { polling = false; });
+  await poller;
+  const server1 = await serverConnects().catch(() => null);
+  const serverDelta = {};
+  if (server0 && server1) for (const [k, v] of Object.entries(server1)) if (v - (server0[k] || 0) > 0) serverDelta[k] = v - (server0[k] || 0);
+  // ready per second as the replica counted them
+  const serverReadyPerS = [];
+  let prev = server0 ? server0.ready || 0 : null;
+  for (const x of serverSeries) { if (prev !== null) serverReadyPerS.push([x.s, (x.ready || 0) - prev]); prev = x.ready || 0; }
+  // the session that came back last sets the recovery time: how its time was spent
+  const last = per.reduce((a, b) => (b.ready_ms > a.ready_ms ? b : a), per[0]);
+  const sum = (k) => per.reduce((a, x) => a + x[k], 0);
+  const sortedBy = (k) => Float64Array.from(per.map((x) => x[k])).sort();
+  const q = (k, p) => +pct(sortedBy(k), p).toFixed(1);
+  const hist = {};
+  for (const x of per) hist[x.attempts] = (hist[x.attempts] || 0) + 1;
+  return {
+    pacing: 'tether.js: first attempt after floor(random*250) ms, full-jitter exponential backoff (250 ms base, 15 s cap), >= retry_after_ms, 15 s connect timeout, no cap on attempts in flight',
+    first_attempt_ms: { p50: q('first_attempt_ms', 50), p99: q('first_attempt_ms', 99), max: q('first_attempt_ms', 100) },
+    ready_ms: { p50: q('ready_ms', 50), p90: q('ready_ms', 90), p99: q('ready_ms', 99), max: q('ready_ms', 100) },
+    attempts: { total: sum('attempts'), per_session_mean: +(sum('attempts') / per.length).toFixed(2), histogram: hist },
+    // session-seconds summed over all sessions: sleeping in backoff, fetching retry tokens, in attempts that failed, in the attempt that worked
+    session_secs: { backoff: +(sum('backoff_ms') / 1000).toFixed(1), retry_tokens: +(sum('token_ms') / 1000).toFixed(1),
+      failed_attempts: +(sum('failed_ms') / 1000).toFixed(1), final_attempt: +(sum('final_ms') / 1000).toFixed(1) },
+    last_session: Object.fromEntries(Object.entries(last).map(([k, v]) => [k, v === null ? null : +v.toFixed(1)])),
+    timeline_per_s: timeline,
+    // the replica's count over the window: ready > sessions = `ready` sent on sockets the client had already abandoned
+    server_outcomes: server0 && server1 ? serverDelta : null,
+    server_ready_per_s: serverReadyPerS,
+    metrics_errors: metricsErrors,
+  };
+}
+function failureCode(e) {
+  return e instanceof RefusedError ? e.frame.code : String(e.code || e.message).slice(0, 40);
+}
 function seqTotals(sessions) {
   let events = 0, dups = 0, gaps = 0, closes = 0;
   for (const s of sessions) { events += s.events; dups += s.dups; gaps += s.gaps; closes += s.closes; }
   return { events, dups, gaps, closes };
+}
+// what the client asked for and what the server granted (every RESULT carries it)
+function frameStats(sessions) {
+  let messages = 0, batchMessages = 0, granted = 0, events = 0;
+  for (const s of sessions) { messages += s.messages; batchMessages += s.batchMessages; events += s.events; if (s.batchGranted) granted++; }
+  return {
+    batch_frames: !!cfg.batch_frames, batch_granted: granted, deflate: !!cfg.deflate, extensions: NEGOTIATED,
+    event_messages: messages, events_frames: batchMessages,
+    events_per_message: messages ? +(events / messages).toFixed(2) : null,
+  };
 }
 // Wait until every session has seen its project's last published seq (or the deadline): lost = shortfall + gaps.
 async function settle(sessions, deadlineMs) {
@@ -442,7 +598,9 @@ modes.storm = async () => {
   t0 = now();
   for (const s of sess) s.drop();
   const reLat = [], refusals2 = {};
-  await openAll(sess, tokens, concurrency, { resume: true, latencies: reLat, refusals: refusals2 });
+  let detail = null;
+  if (cfg.reconnect_pacing === 'pool') await openAll(sess, tokens, concurrency, { resume: true, latencies: reLat, refusals: refusals2 });
+  else detail = await reconnectLikeClients(sess, tokens, { latencies: reLat, refusals: refusals2 });
   const recoverSecs = (now() - t0) / 1e6;
   const w2 = markEnd();
   await sleep(1000);
@@ -453,6 +611,8 @@ modes.storm = async () => {
     connect_secs: +connectSecs.toFixed(3), connects_per_s: Math.round(n / connectSecs), refusals_connect: refusals1,
     connect_window: w1, recover_secs: +recoverSecs.toFixed(3), reconnects_per_s: Math.round(n / recoverSecs),
     refusals_reconnect: refusals2, recover_window: w2, published_during: published,
+    reconnect_pacing: cfg.reconnect_pacing === 'pool' ? `pool: <= ${concurrency} handshakes in flight, retry after retry_after_ms or 50 ms * attempt` : 'tether.js',
+    reconnect_detail: detail,
     events_before_drop: before.events, events_total: seqTotals(sess).events },
   st, latencyStats(connLat, 'connect'), latencyStats(reLat, 'reconnect')));
 };

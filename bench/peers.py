@@ -78,8 +78,33 @@ def _err(r: dict[str, Any]) -> str | None:
     return str(r["error"])[:200] if "error" in r else None
 
 
-def bench_peer(runner: ModuleType, name: str, sz: PeerSizes) -> dict[str, Any]:
-    """Idle RSS on a fresh instance; then echo (200 conns), broadcast, push on a second one."""
+def _deflate(runner: ModuleType, proto: str, port: int, p: Any, sz: PeerSizes) -> dict[str, Any]:
+    probe = runner.client(proto, port, "probe", [], p)
+    if _err(probe):
+        return {"error": _err(probe)}
+    res: dict[str, Any] = {"extensions": probe.get("extensions", "")}
+    if "permessage-deflate" not in res["extensions"]:
+        return res
+    bc = runner.client(proto, port, "bcast", [sz.bcast_conns, sz.bcast_n], p, deflate=True)
+    if _err(bc):
+        res["bcast_error"] = _err(bc)
+    else:
+        res["bcast"] = {
+            "expected": bc["expected"],
+            "deliveries_per_s": bc["deliveries_per_s"],
+            "session_us": round(bc["server_cpu_s"] / bc["expected"] * 1e6, 2),
+            "client_cpu_share": bc.get("client_cpu_window"),
+            "lost": bc["expected"] - bc["deliveries"],
+        }
+    return res
+
+
+def bench_peer(runner: ModuleType, name: str, sz: PeerSizes, deflate: bool = True) -> dict[str, Any]:
+    """Idle RSS on a fresh instance; then echo (200 conns), broadcast, push on a second one.
+
+    With ``deflate``: a probe connection that offers permessage-deflate (the runner's ``probe``
+    mode; ``ws``'s offer, like a browser's) records what the server negotiates, and where it
+    accepts, the broadcast runs a second time with every client offering it."""
     out: dict[str, Any] = {"server": name}
     t0 = time.monotonic()
     port = free_port()
@@ -130,6 +155,8 @@ def bench_peer(runner: ModuleType, name: str, sz: PeerSizes) -> dict[str, Any]:
                 "foreign_cpu": bc.get("foreign_cpu_frac"),
                 "lost": bc["expected"] - bc["deliveries"],
             }
+        if deflate:
+            out["deflate"] = _deflate(runner, proto, port, p, sz)
         pu = runner.client(proto, port, "push", [sz.push], p)
         if _err(pu):
             out["push_error"] = _err(pu)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -30,11 +31,14 @@ from typing import Any
 
 from . import peers as peers_mod
 from . import scenarios as sc
-from .report import render
+from .report import load_notes, profile_summary, render
 from .stack import REPO, Stack, taskset
 
 BENCH = Path(__file__).resolve().parent
 SCENARIOS = ["fanout", "stream", "stream_rate", "agent", "echo", "catchup", "idle", "storm", "cold_start"]
+# extra rows next to the scenarios: the other delivery framing (fan-out, catch-up) and permessage-deflate
+# offered by the client (fan-out, idle 1,000; the peers' broadcast where they negotiate it)
+VARIANTS = ["frames", "deflate"]
 
 
 def log(msg: str) -> None:
@@ -109,8 +113,11 @@ def run_tether(args: argparse.Namespace, sizes: sc.Sizes, only: list[str]) -> tu
         logs_dir=Path(args.logs) if args.logs else None,
         keep_pg=args.keep_pg,
         session_pythonpath=args.session_pythonpath,
+        batch_frames=not args.no_batch,
+        reconnect_pacing=args.storm_pacing,
     )
     res: dict[str, Any] = {}
+    variants: list[dict[str, Any]] = []
     try:
         log(f"starting embedded Postgres, auth-token, session in {args.workdir} ...")
         stack.start_pg()
@@ -118,41 +125,71 @@ def run_tether(args: argparse.Namespace, sizes: sc.Sizes, only: list[str]) -> tu
         main = stack.start_session("none")
         mach = machine(args, stack)
 
-        def step(name: str, fn: Callable[[], Any]) -> None:
-            if name not in only:
-                return
-            log(f"[tether] {name} ...")
+        def attempt(label: str, fn: Callable[[], dict[str, Any]], **flags: bool) -> dict[str, Any]:
+            """Run one scenario (with the load client's ``flags`` for its duration); errors are recorded."""
+            log(f"[tether] {label} ...")
             t0 = time.monotonic()
+            saved = {k: getattr(stack, k) for k in flags}
+            seen = profiles_now()
             try:
-                res[name] = fn()
+                for k, v in flags.items():
+                    setattr(stack, k, v)
+                r = fn()
             except Exception as exc:  # noqa: BLE001 - recorded; one failed scenario must not stop the rest
                 log(traceback.format_exc())
-                res[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            log(f"[tether] {name}: {json.dumps(res[name])[:600]} ({time.monotonic() - t0:.1f} s)")
+                r = {"error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                for k, v in saved.items():
+                    setattr(stack, k, v)
+            new = sorted(profiles_now() - seen, key=lambda p: (len(p.name), p.name))
+            if new:
+                r["profiles"] = [profile_summary(p) for p in new]
+            log(f"[tether] {label}: {json.dumps(r)[:600]} ({time.monotonic() - t0:.1f} s)")
+            return r
 
+        def step(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+            if name in only:
+                res[name] = attempt(name, fn)
+
+        def variant(name: str, label: str, fn: Callable[[], dict[str, Any]], **flags: bool) -> None:
+            if name in only:
+                variants.append({"scenario": name, "variant": label, **attempt(f"{name} ({label})", fn, **flags)})
+
+        other = "per-event frames" if stack.batch_frames else "events frames"
         step("fanout", lambda: sc.fanout(stack, main, sizes))
+        if "frames" in args.variants:
+            variant("fanout", other, lambda: sc.fanout(stack, main, sizes), batch_frames=not stack.batch_frames)
+        if "deflate" in args.variants:
+            variant("fanout", "permessage-deflate offered", lambda: sc.fanout(stack, main, sizes), deflate=True)
         step("stream", lambda: sc.stream(stack, main, sizes))
         step("stream_rate", lambda: sc.stream_rate(stack, main, sizes))
         step("echo", lambda: sc.echo(stack, main, sizes))
         step("catchup", lambda: sc.catchup(stack, main, sizes))
+        if "frames" in args.variants:
+            variant("catchup", other, lambda: sc.catchup(stack, main, sizes), batch_frames=not stack.batch_frames)
         stack.stop(main)
         step("agent", lambda: sc.agent_builtin(stack, sizes))
         if "idle" in only:
             res["idle"] = []
             for n in sizes.idle:
-                log(f"[tether] idle {n} ...")
-                try:
-                    r = sc.idle(stack, n)
-                except Exception as exc:  # noqa: BLE001 - recorded; one failed scenario must not stop the rest
-                    log(traceback.format_exc())
-                    r = {"n": n, "error": f"{type(exc).__name__}: {exc}"}
-                log(f"[tether] idle {n}: {json.dumps(r)}")
+                r = attempt(f"idle {n}", functools.partial(sc.idle, stack, n))
+                r.setdefault("n", n)
                 res["idle"].append(r)
+            if "deflate" in args.variants:
+                first = functools.partial(sc.idle, stack, sizes.idle[0])
+                variant("idle", "permessage-deflate offered", first, deflate=True)
         step("storm", lambda: sc.storm(stack, sizes))
         step("cold_start", lambda: sc.cold_start(stack, sizes))
+        if variants:
+            res["variants"] = variants
         return res, mach
     finally:
         stack.close()
+
+
+def profiles_now() -> set[Path]:
+    """The py-spy profiles written so far (``--profile``): a scenario's are the ones it added."""
+    return set(sc.PROFILE_DIR.glob("*.folded")) if sc.PROFILE_DIR is not None and sc.PROFILE_DIR.exists() else set()
 
 
 def run_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -167,7 +204,7 @@ def run_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name in names:
         log(f"[peer] {name} ...")
         try:
-            r = peers_mod.bench_peer(runner, name, sizes)
+            r = peers_mod.bench_peer(runner, name, sizes, deflate="deflate" in args.variants)
         except Exception as exc:  # noqa: BLE001 - recorded; one failed scenario must not stop the rest
             log(traceback.format_exc())
             r = {"server": name, "error": f"{type(exc).__name__}: {exc}"}
@@ -215,7 +252,32 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="put these paths first on the session replica's PYTHONPATH (A/B runs of a patched copy)",
     )
-    parser.add_argument("--profile", default=None, help="py-spy the session replica over each window into this folder")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="py-spy the session replica over each window into this folder; RESULTS.md then shows, for each"
+        " missed target, the top functions of its window",
+    )
+    parser.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="Tether's load client leaves 'batch' out of INIT (one 'event' frame per event; default: batch: true,"
+        " as Tether's clients send)",
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="extra rows: 'frames' (fan-out and catch-up with the other framing), 'deflate' (fan-out, idle and the"
+        " peers' broadcast with permessage-deflate offered); comma list or 'none'",
+    )
+    parser.add_argument(
+        "--storm-pacing",
+        choices=["tether.js", "pool"],
+        default="tether.js",
+        help="storm 5b reconnects: like tether.js (default: jittered, full-jitter backoff, no cap in flight) or"
+        " 'pool' (at most the storm's concurrency in flight, retry after retry_after_ms)",
+    )
+    parser.add_argument("--notes", default=str(BENCH / "NOTES.md"), help="what was tried, per target (see the file)")
     parser.add_argument(
         "--quiet-wait",
         type=float,
@@ -231,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         args.quiet_wait = 0.0 if args.tiny else 20.0
     sc.QUIET_LIMIT = args.quiet_wait
     sc.PROFILE_DIR = Path(args.profile) if args.profile else None
+    args.variants = [x.strip() for x in args.variants.split(",") if x.strip() and x.strip() != "none"]
+    if set(args.variants) - set(VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(set(args.variants) - set(VARIANTS)))}")
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(SCENARIOS)
     if unknown:
@@ -247,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     peer_results = run_peers(args)
     data: dict[str, Any] = {"machine": mach, "tether": tether, "peers": peer_results, "notes": []}
     data["machine"]["total_secs"] = round(time.monotonic() - t0, 1)
-    md = render(data)
+    md = render(data, load_notes(Path(args.notes)))
     print(md)
     out = args.out if args.out is not None else str(BENCH / "RESULTS.md")
     if out != "-":

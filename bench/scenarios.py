@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -314,11 +315,21 @@ def _costs(w: dict[str, Any], units: float, prefix: str = "") -> dict[str, Any]:
         f"{prefix}core_busy": w["core_busy"],
         f"{prefix}foreign_cpu": w["foreign_cpu"],
         f"{prefix}listen_overflows": w["listen_overflows"],
+        f"{prefix}session_cpu_s": w["session_cpu_s"],
+        f"{prefix}wall_s": w["wall_s"],
     }
 
 
 def _lat(r: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k: v for k, v in r.items() if k.startswith(prefix + "_p") or k == prefix + "_max_ms"}
+
+
+_CLIENT_INFO = ("batch_frames", "batch_granted", "deflate", "extensions", "event_messages", "events_per_message")
+
+
+def _client_info(r: dict[str, Any]) -> dict[str, Any]:
+    """What the load client offered (batch frames, permessage-deflate) and what the server granted."""
+    return {k: r[k] for k in _CLIENT_INFO if k in r}
 
 
 # -- 1. durable fan-out ---------------------------------------------------------------------------
@@ -347,6 +358,7 @@ def fanout(stack: Stack, session: Service, sz: Sizes) -> dict[str, Any]:
         "pg_us_per_event": _per(w["pg_cpu_s"], r["events"]),
         "session_us_per_event": _per(w["session_cpu_s"], r["events"]),
         **_lat(r, "lat"),
+        **_client_info(r),
         "rss_mb": round(session.rss() / 2**20, 1),
         "lost": r["lost"],
         "duplicates": r["duplicates"],
@@ -393,7 +405,67 @@ def stream_rate(stack: Stack, session: Service, sz: Sizes) -> dict[str, Any]:
         **_lat(r, "lat"),
         "lost": r["lost"],
         "duplicates": r["duplicates"],
+        # the latency floor with durability on: a request waits for the commit in flight, then its own
+        **disk_flush(stack),
+        "diagnostic_sync_commit_off": stream_rate_sync_commit_off(stack, sz),
     }
+
+
+def disk_flush(stack: Stack, n: int = 200) -> dict[str, float]:
+    """What one WAL flush costs on the cluster's disk, like ``pg_test_fsync``'s one 8 kB write +
+    ``fdatasync`` (Linux's default ``wal_sync_method``): ``n`` times, same offset, median and p99."""
+    assert stack.pg is not None
+    path = stack.pg.data_dir.parent / "flush-probe.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times: list[float] = []
+    try:
+        block = b"\0" * 8192
+        os.pwrite(fd, block, 0)
+        os.fsync(fd)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            os.pwrite(fd, block, 0)
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    times.sort()
+    return {
+        "fdatasync_p50_ms": round(statistics.median(times), 3),
+        "fdatasync_p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
+    }
+
+
+def stream_rate_sync_commit_off(stack: Stack, sz: Sizes) -> dict[str, Any]:
+    """DIAGNOSTIC ONLY, never the product setting: scenario 2b again on a fresh replica whose
+    database has ``synchronous_commit = off`` (a commit returns before its WAL flush; a crash can
+    lose the last commits).  Separates the software's own ingest→client latency from the disk's
+    flush wait, which the durable run includes."""
+    assert stack.pg is not None
+    stack.pg.psql("ALTER DATABASE bench SET synchronous_commit = off")
+    diag: Service | None = None
+    try:
+        setting = stack.pg.psql("SHOW synchronous_commit", database="bench").strip()
+        diag = stack.start_session("none")  # its connections are new: they get the setting
+        project = stack.create_project(diag, "bench stream rate diagnostic")
+        cfg = stack.client_config(diag, "stream_rate", project=project, rate=sz.rate, seconds=sz.rate_seconds)
+        r = run_client(stack, diag, cfg)
+        w = r["windows"][0]
+        return {
+            "label": "DIAGNOSTIC: synchronous_commit=off (not durable; not the product setting)",
+            "synchronous_commit": setting,
+            "rate": r["rate"],
+            "events_per_s": r["events_per_s"],
+            **_costs(w, r["events"]),
+            **_lat(r, "lat"),
+            "lost": r["lost"],
+            "duplicates": r["duplicates"],
+        }
+    finally:
+        if diag is not None:
+            stack.stop(diag)
+        stack.pg.psql("ALTER DATABASE bench RESET synchronous_commit")
 
 
 def agent_builtin(stack: Stack, sz: Sizes) -> dict[str, Any]:
@@ -463,6 +535,7 @@ def idle(stack: Stack, n: int, projects_per: int = 100) -> dict[str, Any]:
             "session_us_per_open": _per(w["session_cpu_s"], n),
             "refusals": r["refusals"],
             "server_closes": r["server_closes"],
+            **_client_info(r),
             "lost": 0 if r["live"] == n else n - r["live"],
         }
     finally:
@@ -498,6 +571,9 @@ def storm(stack: Stack, sz: Sizes) -> dict[str, Any]:
             **_lat(r, "reconnect"),
             "refusals_connect": r["refusals_connect"],
             "refusals_reconnect": r["refusals_reconnect"],
+            "reconnect_pacing": r.get("reconnect_pacing"),
+            "reconnect_detail": r.get("reconnect_detail"),
+            **_client_info(r),
             "published_during": r["published_during"],
             "rss_mb": round(session.rss() / 2**20, 1),
             "lost": r["lost"],
@@ -529,6 +605,7 @@ def catchup(stack: Stack, session: Service, sz: Sizes) -> dict[str, Any]:
         "secs": r["secs"],
         **_costs(w, r["received"]),
         "fill_events_per_s": round(fill["events"] / fill["secs"]),
+        **_client_info(r),
         "rss_mb": round(session.rss() / 2**20, 1),
         "lost": r["lost"],
         "duplicates": r["duplicates"],

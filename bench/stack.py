@@ -175,6 +175,11 @@ class Stack:
     logs_dir: Path | None = None
     keep_pg: bool = False
     session_pythonpath: str = ""  # A/B runs: a patched copy of the session service (and its libs) first
+    # what the load client's sessions offer (see bench/loadgen.mjs): Tether's clients ask for batched
+    # 'events' frames (INIT batch: true); permessage-deflate is a variant (browsers offer it)
+    batch_frames: bool = True
+    deflate: bool = False
+    reconnect_pacing: str = "tether.js"  # storm 5b: like tether.js, or "pool" (<= concurrency handshakes in flight)
     _pg_ps: psutil.Process | None = None
     _counter: int = 0
 
@@ -340,6 +345,9 @@ class Stack:
             "ingest_key": self.ingest_key,
             "auth_url": self.auth.url,
             "api_key": self.api_key,
+            "batch_frames": self.batch_frames,
+            "deflate": self.deflate,
+            "reconnect_pacing": self.reconnect_pacing,
             **kw,
         }
 

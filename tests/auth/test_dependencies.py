@@ -14,6 +14,8 @@ from tests.support.procs import ServiceProcess
 from tests.support.waiting import await_until
 from tether_dev.pg import free_port
 
+from .test_token_batch import consume_batch
+
 
 async def _status(client: httpx.AsyncClient, path: str) -> int:
     return (await client.get(path)).status_code
@@ -43,6 +45,12 @@ async def test_F06_postgres_down_gives_503_with_retry_after_and_recovers(
             consume_down = await consume_token(client, service.service_key, before["token"])
             assert consume_down.status_code == 503
             assert consume_down.json()["code"] == "dependency_unavailable"
+            batch_down = await consume_batch(client, service.service_key, [before["token"]])
+            assert batch_down.status_code == 503
+            assert batch_down.json()["code"] == "dependency_unavailable"
+            assert_one_error_line(
+                service.proc, batch_down.headers["X-Request-ID"], "dependency_unavailable", dependency="postgres"
+            )
 
             ready = await client.get("/readyz")
             assert ready.status_code == 503

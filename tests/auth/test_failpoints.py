@@ -27,6 +27,8 @@ from tests.support.contract import load_contract
 from tests.support.logs import assert_one_error_line
 from tests.support.pg import aquery
 
+from .test_token_batch import consume_batch
+
 AUTH_TABLES = ("users", "api_keys", "web_sessions", "connection_tokens")
 FAILPOINTS = load_contract(AUTH_CONTRACT).failpoints()
 FAILPOINT_HEADER = "X-Tether-Failpoint"
@@ -117,11 +119,28 @@ async def _consume(client: httpx.AsyncClient, service: AuthService) -> Scenario:
     return Scenario(send, still_works)
 
 
+async def _consume_batch(client: httpx.AsyncClient, service: AuthService) -> Scenario:
+    user = service.make_user()
+    tokens = [(await issue_token(client, user.api_key))["token"] for _ in range(3)]
+
+    async def send(headers: dict[str, str]) -> httpx.Response:
+        return await consume_batch(client, service.service_key, tokens, **headers)
+
+    async def still_works() -> None:
+        ok = await send({})
+        assert ok.status_code == 200, ok.text
+        statuses = [r["status"] for r in ok.json()["results"]]
+        assert statuses == ["consumed"] * 3, "the tokens must still be consumable after a failed batch"
+
+    return Scenario(send, still_works)
+
+
 SCENARIOS: dict[str, Callable[[httpx.AsyncClient, AuthService], Awaitable[Scenario]]] = {
     "login": _login,
     "logout": _logout,
     "issueToken": _issue,
     "consumeToken": _consume,
+    "consumeTokenBatch": _consume_batch,
 }
 
 

@@ -69,6 +69,8 @@ def test_bench_harness_runs_every_scenario_and_loses_nothing(log_dir: Path) -> N
     (log_dir / "bench-stderr.txt").write_text(proc.stderr)
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     assert "| **Tether**" in proc.stdout, proc.stdout[-2000:]
+    assert "## Variants: delivery framing and permessage-deflate" in proc.stdout
+    assert "### 5b: where the time goes" in proc.stdout
 
     data = json.loads(out_json.read_text())
     t = data["tether"]
@@ -80,9 +82,40 @@ def test_bench_harness_runs_every_scenario_and_loses_nothing(log_dir: Path) -> N
         assert t[name]["lost"] == 0, f"{name} lost events: {t[name]}"
         assert t[name]["duplicates"] == 0, f"{name} duplicated events: {t[name]}"
     assert t["fanout"]["deliveries"] == t["fanout"]["expected"]
+    # the load client asks for batched delivery like Tether's clients, and the server grants it
+    fan = t["fanout"]
+    assert fan["batch_frames"] is True
+    assert fan["batch_granted"] == fan["sockets"], fan
+    assert fan["event_messages"] >= 1
+    # the variant rows: the other framing (fan-out, catch-up) and permessage-deflate offered (fan-out, idle)
+    variants = {(v["scenario"], v["variant"]): v for v in t["variants"]}
+    assert set(variants) == {
+        ("fanout", "per-event frames"),
+        ("fanout", "permessage-deflate offered"),
+        ("catchup", "per-event frames"),
+        ("idle", "permessage-deflate offered"),
+    }, sorted(variants)
+    for key, v in variants.items():
+        assert "error" not in v, (key, v)
+        assert v["lost"] == 0, (key, v)
+    per_event = variants[("fanout", "per-event frames")]
+    assert per_event["batch_frames"] is False
+    assert per_event["batch_granted"] == 0
+    assert per_event["event_messages"] == per_event["deliveries"] == per_event["expected"], per_event
+    assert per_event["duplicates"] == 0
+    deflated = variants[("fanout", "permessage-deflate offered")]
+    assert deflated["deflate"] is True
+    assert isinstance(deflated["extensions"], str)  # what Hypercorn negotiated, recorded for the report
+    assert deflated["deliveries"] == deflated["expected"]
+    assert variants[("catchup", "per-event frames")]["events"] == t["catchup"]["events"]
     _numbers(t["storm"], "connects_per_s", "recover_secs", "connect_session_us")
     assert t["storm"]["lost"] == 0
     assert t["storm"]["duplicates"] == 0
+    # 5b reconnects paced like tether.js: every session made at least one attempt, all came back
+    detail = t["storm"]["reconnect_detail"]
+    assert t["storm"]["reconnect_pacing"] == "tether.js"
+    assert detail["attempts"]["total"] >= t["storm"]["n"], detail
+    assert sum(x["ready"] for x in detail["timeline_per_s"]) == t["storm"]["n"], detail
     assert len(t["idle"]) == 2
     for idle in t["idle"]:
         assert "error" not in idle, idle

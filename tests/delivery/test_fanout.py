@@ -49,15 +49,19 @@ async def listen_backends(stack: Stack, replica: int, admin_dsn: str) -> list[in
 
 @pytest.mark.trio
 async def test_F23_lost_listen_connection_is_reestablished_and_events_still_delivered(
-    one: Stack, pg_server: PgServer
+    module_stack_factory: StackFactory, pg_server: PgServer
 ) -> None:
+    # Events are published through replica 1 and watched on replica 0: a replica hands its own
+    # appends to its sockets without LISTEN (the local push), so only another writer's commits
+    # show that replica 0 re-reads, on reconnect, what was committed while it did not listen.
+    one = module_stack_factory.start(replicas=2)
     replica = one.replicas[0].proc
     user = one.make_user()
     project = await one.create_project(user.api_key, "listen")
     admin = pg_server.admin_dsn
     database = _database(one.dsn)
     async with one.session_ws(user.api_key, project) as (ws, _ready):
-        await one.publish(project["id"], note_events("before", 1, 5))
+        await one.publish(project["id"], note_events("before", 1, 5), replica=1)
         await ws.events_until(lambda e: e["seq"] == 5)
         backends = await listen_backends(one, 0, admin)
         assert len(backends) == 1, f"expected one LISTEN backend for the replica, found {backends}"
@@ -76,12 +80,12 @@ async def test_F23_lost_listen_connection_is_reestablished_and_events_still_deli
                 response = await http.get("/readyz")
             assert response.status_code == 503
             assert response.json()["checks"]["listen"] is False
-            await one.publish(project["id"], note_events("during", 6, 20))
+            await one.publish(project["id"], note_events("during", 6, 20), replica=1)
         finally:
             await aquery(admin, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         events = await ws.events_until(lambda e: e["seq"] == 25)
         # And live delivery works again on the new LISTEN connection.
-        await one.publish(project["id"], note_events("after", 26, 5))
+        await one.publish(project["id"], note_events("after", 26, 5), replica=1)
         events = await ws.events_until(lambda e: e["seq"] == 30)
     assert [e["seq"] for e in events] == list(range(1, 31))
     assert [e["event_id"] for e in events] == await log_event_ids(one, project["id"])

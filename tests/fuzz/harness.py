@@ -460,7 +460,7 @@ def expectations(table_names: Iterable[str], op_id: str | None, case: Any, respo
         expect["web_sessions"] = (-1, 0)
     elif op_id == "issueToken" and status == 201:
         expect["connection_tokens"] = (1, 1)
-    elif op_id == "consumeToken" and status == 200:
+    elif op_id in ("consumeToken", "consumeTokenBatch") and status == 200:
         expect["connection_tokens"] = (0, 0)
     elif op_id == "createProject" and status == 201 and _header(response, "Idempotent-Replayed") != "true":
         expect["projects"] = (1, 1)
@@ -496,6 +496,16 @@ def _row_problems(service: LiveService, op_id: str, case: Any, response: Any) ->
         rows = PROBE.fetch(dsn, f"SELECT consumed_at FROM {schema}.connection_tokens WHERE token_hash = $1", digest)
         if len(rows) != 1 or rows[0]["consumed_at"] is None:
             return [f"consumed token not marked consumed: {rows}"]
+    if op_id == "consumeTokenBatch" and response.status_code == 200 and isinstance(body, dict):
+        tokens = [str(t) for t in _body(case).get("tokens", [])]
+        for token, result in zip(tokens, body.get("results", []), strict=False):
+            digest = hashlib.sha256(token.encode()).digest()
+            rows = PROBE.fetch(dsn, f"SELECT consumed_at FROM {schema}.connection_tokens WHERE token_hash = $1", digest)
+            code = result.get("code")
+            if result.get("status") == "consumed" and (len(rows) != 1 or rows[0]["consumed_at"] is None):
+                return [f"token {result.get('token_index')} answered consumed, not marked consumed: {rows}"]
+            if code == "token_unknown" and rows:
+                return [f"token {result.get('token_index')} answered token_unknown, but it is stored"]
     if op_id == "createProject" and response.status_code == 201 and isinstance(body, dict):
         rows = PROBE.fetch(dsn, f"SELECT name, slug FROM {schema}.projects WHERE id = $1", uuid.UUID(body["id"]))
         wanted = str(_body(case).get("name", "")).strip()

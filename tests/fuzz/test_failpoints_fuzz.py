@@ -118,6 +118,8 @@ def scenario(t: Target, kind: ServiceKind, operation_id: str) -> Scenario:
         return Scenario(op.as_strategy())
     if operation_id == "consumeToken":  # a failed consume leaves the token unconsumed: one serves all
         return Scenario(op.as_strategy(body={"token": t.token()}))
+    if operation_id == "consumeTokenBatch":  # likewise: a failed batch consumes none of its tokens
+        return Scenario(op.as_strategy(body={"tokens": [t.token(), t.token()]}))
     if operation_id == "createProject":
         return Scenario(op.as_strategy(), _fresh_idempotency_key)
     if operation_id in ("deleteProject", "publishEvents"):

@@ -109,6 +109,9 @@ def legit_request(w: World, kind: ServiceKind, operation_id: str) -> Request:
         "consumeToken": lambda: Request(
             "POST", "/v1/tokens/consume", {"token": w.fresh_token()}, bearer(w.stack.auth.service_key)
         ),
+        "consumeTokenBatch": lambda: Request(
+            "POST", "/v1/tokens/consume-batch", {"tokens": [w.fresh_token()]}, bearer(w.stack.auth.service_key)
+        ),
         "listProjects": lambda: Request("GET", "/v1/projects", headers=bearer(a)),
         "createProject": lambda: Request("POST", "/v1/projects", {"name": "probe"}, bearer(a)),
         "getProject": lambda: Request("GET", f"/v1/projects/{pid}", headers=bearer(a)),

@@ -41,6 +41,17 @@ CONNECTIVITY_ERRORS: tuple[type[BaseException], ...] = (
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
+async def _keep_session(_conn: Any) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own (it still rolls back an open
+    transaction and drops listeners).
+
+    asyncpg's default runs ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``:
+    one more round trip per release, on every request.  Our code leaves no session state on a
+    pooled connection: settings are ``SET LOCAL``, advisory locks ``_xact_``, no cursor outlives
+    its transaction, and LISTEN has a connection of its own.
+    """
+
+
 def is_connectivity_error(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTIVITY_ERRORS)
 
@@ -55,6 +66,14 @@ class Database:
         self.max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self.acquire_timeout = 3.0
+        # Server pids of this pool's connections (bounded; a stale entry only costs a hint):
+        # lets a LISTEN callback tell this process's own NOTIFYs from other replicas'.
+        self.backend_pids: set[int] = set()
+
+    async def _on_new_connection(self, conn: Any) -> None:
+        if len(self.backend_pids) >= 4 * self.max_size:
+            self.backend_pids.clear()
+        self.backend_pids.add(conn.get_server_pid())
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -76,6 +95,8 @@ class Database:
             command_timeout=30,
             max_inactive_connection_lifetime=60,
             server_settings={"search_path": self.schema, "application_name": f"tether-{self.schema}"},
+            reset=_keep_session,
+            init=self._on_new_connection,
         )
 
     async def close(self) -> None:
@@ -94,8 +115,13 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
+        pool = self.pool
+        # With a connection idle, acquiring cannot wait: skip the timeout, which costs a task
+        # and a timer per acquire (asyncio.wait_for).  Nothing awaits between the check and
+        # the acquire, so no other task can take that connection in between.
+        timeout = self.acquire_timeout if pool.get_idle_size() == 0 else None
         try:
-            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+            async with pool.acquire(timeout=timeout) as conn:
                 yield conn
         except CONNECTIVITY_ERRORS as exc:
             raise DependencyUnavailable("postgres", f"database error: {type(exc).__name__}") from exc

@@ -42,19 +42,25 @@ def _reject_constant(name: str) -> Any:
 
 
 def json_depth(value: Any, limit: int) -> int:
-    """Depth of a parsed JSON value, stopping early once past ``limit``."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    deepest = 0
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
+    """Depth of a parsed JSON value (a scalar is 1, ``[1]`` is 2), stopping early once past ``limit``.
+
+    Level by level: one type check per value, no per-value tuples (this runs on every ingest
+    body and every WebSocket frame).
+    """
+    level = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return depth
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(item.values())
+            elif isinstance(item, list):
+                below.extend(item)
+        level = below
+    return depth
 
 
 def parse_json_text(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, allow_nul: bool = True) -> Any:
@@ -71,7 +77,8 @@ def parse_json_text(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, allow_
         raise TetherError("invalid_body", f"JSON nesting deeper than {max_depth}") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise TetherError("invalid_body", f"body is not UTF-8 JSON: {type(exc).__name__}") from exc
-    if json_depth(value, max_depth) > max_depth:
+    # deeper than max_depth takes at least max_depth brackets: most texts are not walked at all
+    if text.count("[") + text.count("{") >= max_depth and json_depth(value, max_depth) > max_depth:
         raise TetherError("invalid_body", f"JSON nesting deeper than {max_depth}")
     if "\\u" in text and not _encodable(value, allow_nul):
         what = "unpaired surrogates" if allow_nul else "U+0000 or unpaired surrogates"
@@ -155,6 +162,7 @@ class HttpKit:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        self._metrics: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         app.before_request(self._before)
         app.after_request(self._after)
         app.register_error_handler(TetherError, self._on_tether_error)
@@ -172,7 +180,8 @@ class HttpKit:
             # Read (and cache) the body before any handler can answer early (401, 503):
             # Hypercorn drops a keep-alive connection whose request body was left unread,
             # without a ``Connection: close``, and pooled clients then fail their next call.
-            await request.get_data(cache=True)
+            # Kept for json_body: each get_data() costs a task (Quart wraps it in asyncio.wait_for).
+            request.tether_body = await request.get_data(cache=True)  # type: ignore[attr-defined]
         if request.method in WRITE_METHODS and FAILPOINT_HEADER in request.headers and not self.failpoints.enabled:
             raise TetherError("failpoints_disabled", "failpoints can only be armed in test mode")
 
@@ -197,10 +206,17 @@ class HttpKit:
             # a connection that is going away (RFC 9112 section 9.6).
             response.headers["Connection"] = "close"
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        self.requests.labels(route, request.method, str(response.status_code)).inc()
+        key = (route, request.method, response.status_code)
+        metrics = self._metrics.get(key)
+        if metrics is None:  # labels() costs a lock and a lookup on every call: keep the children
+            metrics = self._metrics[key] = (
+                self.requests.labels(route, request.method, str(response.status_code)),
+                self.latency.labels(route),
+            )
+        metrics[0].inc()
         started = getattr(request, "started_at", None)
         if started is not None:
-            self.latency.labels(route).observe(time.perf_counter() - started)
+            metrics[1].observe(time.perf_counter() - started)
         return response
 
     # -- errors ------------------------------------------------------------------------
@@ -262,7 +278,9 @@ class HttpKit:
         """Parse and validate the request body of ``operation_id`` against the contract."""
         if request.mimetype != "application/json":
             raise TetherError("unsupported_media_type", "Content-Type must be application/json")
-        raw = await request.get_data(as_text=False)
+        raw = getattr(request, "tether_body", None)
+        if raw is None:
+            raw = await request.get_data(as_text=False)
         value = parse_json_text(raw, allow_nul=self.allow_nul)
         error = self.contract.request_validator(operation_id).first_error(value)
         if error is not None:

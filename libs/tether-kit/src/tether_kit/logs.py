@@ -46,6 +46,16 @@ def scope(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def enter(**fields: Any) -> contextvars.Token[dict[str, Any]]:
+    """:func:`scope` without a generator frame kept alive for the block (per-connection memory):
+    pair with :func:`leave` in ``finally``."""
+    return _context.set({k: v for k, v in fields.items() if v is not None})
+
+
+def leave(token: contextvars.Token[dict[str, Any]]) -> None:
+    _context.reset(token)
+
+
 def context() -> dict[str, Any]:
     return dict(_context.get({}))
 

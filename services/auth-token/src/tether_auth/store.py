@@ -131,15 +131,77 @@ async def consume_token(conn: Connection, token: str, service: str, failpoint: F
     if row["user_id"] is not None:
         failpoint("tokens.consume.after_update")
         return ConsumedToken(row["user_id"], row["project_id"], row["issued_at"], row["expires_at"])
-    if not row["known"]:
-        raise TetherError("token_unknown", "no such connection token")
-    if row["used"]:
-        raise TetherError("token_used", "connection token was already used")
-    if row["expired"]:
-        raise TetherError("token_expired", "connection token expired; fetch a new one")
+    raise _lost(row["known"], row["used"], row["expired"])
+
+
+# The batch form of _CONSUME, still one statement.  ``locked`` takes the row locks of every
+# consumable token of the batch in token_hash order (LockRows sits above the Sort), so two
+# batches sharing tokens wait for each other instead of deadlocking; under READ COMMITTED a
+# row another transaction consumed meanwhile is re-checked and skipped, so of any number of
+# concurrent consumes of one token exactly one gets it.  ``before`` reads the statement's
+# snapshot and tells the losers why they lost.  One row per input position, in order.
+_CONSUME_BATCH = """
+WITH input AS (
+    SELECT t.hash, t.pos FROM unnest($1::bytea[]) WITH ORDINALITY AS t(hash, pos)
+), locked AS (
+    SELECT token_hash FROM connection_tokens
+    WHERE token_hash = ANY($1::bytea[]) AND consumed_at IS NULL AND expires_at > now()
+    ORDER BY token_hash
+    FOR UPDATE
+), won AS (
+    UPDATE connection_tokens c SET consumed_at = now(), consumed_by = $2
+    FROM locked
+    WHERE c.token_hash = locked.token_hash AND c.consumed_at IS NULL
+    RETURNING c.token_hash, c.user_id, c.project_id, c.issued_at, c.expires_at
+), before AS (
+    SELECT token_hash, consumed_at IS NOT NULL AS used, expires_at <= now() AS expired
+    FROM connection_tokens WHERE token_hash = ANY($1::bytea[])
+)
+SELECT input.pos,
+       before.token_hash IS NOT NULL AS known,
+       before.used,
+       before.expired,
+       won.user_id, won.project_id, won.issued_at, won.expires_at
+FROM input
+LEFT JOIN before ON before.token_hash = input.hash
+LEFT JOIN won ON won.token_hash = input.hash
+ORDER BY input.pos
+"""
+
+
+async def consume_tokens(
+    conn: Connection, tokens: list[str], service: str, failpoint: Failpoint
+) -> list[ConsumedToken | TetherError]:
+    """Consume every token of ``tokens`` in one statement: per token, in order, what
+    :func:`consume_token` would have returned or raised.  A token repeated in the batch is
+    consumed by its first occurrence; the later ones are ``token_used``."""
+    digests = [digest(token) for token in tokens]
+    rows = await conn.fetch(_CONSUME_BATCH, digests, service)
+    assert len(rows) == len(tokens)  # one row per input position
+    failpoint("tokens.consume_batch.after_update")
+    results: list[ConsumedToken | TetherError] = []
+    first: dict[bytes, int] = {}
+    for index, (token_hash, row) in enumerate(zip(digests, rows, strict=True)):
+        if first.setdefault(token_hash, index) != index:
+            results.append(TetherError("token_used", "connection token was already used"))
+        elif row["user_id"] is not None:
+            results.append(ConsumedToken(row["user_id"], row["project_id"], row["issued_at"], row["expires_at"]))
+        else:
+            results.append(_lost(row["known"], row["used"], row["expired"]))
+    return results
+
+
+def _lost(known: bool, used: bool | None, expired: bool | None) -> TetherError:
+    """Why a consume got no row: the same answers as :func:`consume_token`."""
+    if not known:
+        return TetherError("token_unknown", "no such connection token")
+    if used:
+        return TetherError("token_used", "connection token was already used")
+    if expired:
+        return TetherError("token_expired", "connection token expired; fetch a new one")
     # Unused and unexpired in our snapshot, yet the UPDATE found it taken: a concurrent
     # consume won the row lock first.
-    raise TetherError("token_used", "connection token was already used")
+    return TetherError("token_used", "connection token was already used")
 
 
 async def purge_expired(conn: Connection, older_than_s: int) -> int:

@@ -5,9 +5,9 @@ as the HTTP ingest endpoint (they never write to sockets).
   the answer "You said: <text>" split into ``agent_chunks`` ``agent_chunk`` events,
   ``agent_delay_ms`` apart, then one ``agent_done``.  Event ids are derived from the
   prompt's seq, so a retried publish is stored once.
-* Both run as durable jobs (:mod:`tether_session.jobs`): each chunk is published in
-  the same transaction that advances the job, so another replica can finish an answer
-  whose replica died, from the next chunk.
+* Both run as durable jobs (:mod:`tether_session.jobs`): chunks are published in the
+  same transaction that advances the job (the chunks ready together in one), so another
+  replica can finish an answer whose replica died, from the next chunk not committed.
 * :class:`WebhookAgent`: POSTs each prompt to an agent running elsewhere (a serverless
   function) with the URL of the ingest endpoint to call back; if the agent cannot be
   reached after retries, an ``agent_error`` event says so in the log.
@@ -72,6 +72,13 @@ class AgentRunner:
 
 
 class BuiltinAgent:
+    """The streaming echo.  Chunks are produced by one task and committed by another: whatever
+    is ready when a commit ends goes into the next one (one transaction, one WAL flush), so an
+    agent that produces faster than the disk flushes is not held to one chunk per flush, and
+    one that produces slower still has each chunk committed as soon as it exists."""
+
+    MAX_CHUNKS_PER_STEP = 500  # bounds a step's transaction (and the first frames' wait behind it)
+
     def __init__(self, *, chunks: int, delay_ms: int) -> None:
         self.chunks = chunks
         self.delay_s = delay_ms / 1000
@@ -79,15 +86,47 @@ class BuiltinAgent:
     async def answer(self, job: Job, jobs: AgentJobs) -> None:
         parts = split_answer(job.text, self.chunks)
         seq = job.prompt_seq
-        for index in range(job.next_index, len(parts)):
-            if self.delay_s:
+        ready: list[NewEvent] = []
+        produced = asyncio.Event()
+
+        async def produce() -> None:
+            for index in range(job.next_index, len(parts)):
+                # a real model yields between tokens; so does this one, also without a delay
                 await asyncio.sleep(self.delay_s)
-            chunk = NewEvent(
-                f"agent-{seq}-{index}", "agent_chunk", {"text": parts[index], "index": index, "prompt_seq": seq}
-            )
-            await jobs.step(job, [chunk], next_index=index + 1)
+                ready.append(
+                    NewEvent(
+                        f"agent-{seq}-{index}", "agent_chunk", {"text": parts[index], "index": index, "prompt_seq": seq}
+                    )
+                )
+                produced.set()
+
+        producer = asyncio.create_task(produce(), name=f"agent-produce-{job.project_id}-{seq}")
+        try:
+            next_index = job.next_index
+            while next_index < len(parts):
+                if not ready:
+                    produced.clear()
+                    await _either(produced, producer)
+                    if not ready:  # the producer ended without its chunks: raise its error
+                        producer.result()
+                        raise RuntimeError("the agent's producer ended early")
+                step, ready[: self.MAX_CHUNKS_PER_STEP] = ready[: self.MAX_CHUNKS_PER_STEP], []
+                next_index += len(step)
+                await jobs.step(job, step, next_index=next_index)
+        finally:
+            producer.cancel()
+            await asyncio.wait({producer})  # its error, if any, was raised above (producer.result())
         done = NewEvent(f"agent-{seq}-done", "agent_done", {"prompt_seq": seq, "chunks": len(parts)})
         await jobs.step(job, [done], done=True)
+
+
+async def _either(produced: asyncio.Event, producer: asyncio.Task[None]) -> None:
+    """Wait for the next chunk, or for the producer to end (a failure must not leave us waiting)."""
+    waiter = asyncio.ensure_future(produced.wait())
+    try:
+        await asyncio.wait({waiter, producer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
 class WebhookAgent:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from quart import Quart, Response, current_app, has_request_context, request, websocket
-from quart.asgi import ASGIWebsocketConnection
+from quart import Quart, Response, current_app, has_request_context, request
 
 from tether_kit import logs, migrate
 from tether_kit.contract import OpenApiContract, check_routes
@@ -32,6 +32,7 @@ from tether_kit.secrets import same_secret
 from . import store, web
 from .agent import AgentRunner, BuiltinAgent, WebhookAgent
 from .appender import Appender
+from .asgi_ws import AsgiWebsocket, WebsocketQuart
 from .auth_client import AuthClient, AuthUser
 from .config import Config
 from .connection import Connection, jitter_ms, origin_refusal
@@ -53,29 +54,6 @@ CATALOGUE = Catalogue(
         ErrorSpec("draining", 503, "Replica is draining", retry_after_s=1),
     ]
 )
-
-
-class _RecordingWebsocketConnection(ASGIWebsocketConnection):
-    """Quart's WebSocket connection without its per-message blinker signals (nothing here
-    subscribes to them, and they cost a signal dispatch on every frame in and out), keeping
-    the client's close code (Quart drops it) so the close log line can name it."""
-
-    async def send_data(self, send: Any, data: str | bytes) -> None:
-        if isinstance(data, str):
-            await send({"type": "websocket.send", "bytes": None, "text": data})
-        else:
-            await send({"type": "websocket.send", "bytes": data, "text": None})
-
-    async def handle_messages(self, receive: Any) -> None:
-        while True:
-            event = await receive()
-            if event["type"] == "websocket.receive":
-                # an empty binary frame is b"" (falsy): keep it bytes, never None (invalid_frame, not a crash)
-                data = event.get("bytes")
-                await self.queue.put(data if data is not None else event["text"])
-            elif event["type"] == "websocket.disconnect":
-                self.scope["tether.client_close_code"] = event.get("code")  # type: ignore[typeddict-unknown-key]
-                return
 
 
 @dataclass
@@ -121,7 +99,9 @@ class State:
         """
         if self.kit.failpoints.enabled and has_request_context() and FAILPOINT_HEADER in request.headers:
             async with self.db.transaction() as conn:
-                results, _last = await store.append_events(conn, project_id, events, self.kit.failpoints.hit)
+                batch = await store.append_events(conn, project_id, events, self.kit.failpoints.hit)
+            self.appender.committed(project_id, batch.stored)
+            results = batch.results
         else:
             results = await self.appender.append(project_id, events)
         self.metrics.published.labels(source).inc(sum(1 for r in results if not r.duplicate))
@@ -170,8 +150,7 @@ def create_app(config: Config | None = None) -> Quart:
     close_catalogue = CloseCatalogue.load(config.contracts_dir / "close-codes.json")
     frames = Frames(config.contracts_dir / "frames", validate_outgoing=config.test_mode)
     registry = CollectorRegistry()
-    app = Quart(__name__)
-    app.asgi_websocket_class = _RecordingWebsocketConnection
+    app = WebsocketQuart(__name__, log=log, catalogue=CATALOGUE)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     db = Database(config.database_url, schema=SCHEMA, max_size=config.db_pool_max)
     kit = HttpKit(
@@ -209,7 +188,7 @@ def create_app(config: Config | None = None) -> Quart:
     )
     metrics = Metrics(registry)
     hub = Hub(db, log, frames.encode_event, frames.encode_batch)
-    appender = Appender(db, log)
+    appender = Appender(db, log, on_commit=hub.appended)
     st = State(
         config=config,
         log=log,
@@ -250,6 +229,8 @@ def create_app(config: Config | None = None) -> Quart:
     _routes(app, contract)
     web.register(app, config)
     check_routes(app, contract, outside_contract=web.RULES)
+    # WebSocket scopes never reach Quart (memory per idle session): see asgi_ws.
+    app.websocket_route("/v1/ws", functools.partial(serve_ws, st))
 
     @app.before_serving
     async def _start() -> None:
@@ -490,14 +471,18 @@ def _routes(app: Quart, contract: OpenApiContract) -> None:
         )
 
     @app.websocket("/v1/ws")
-    async def ws() -> Response | None:
-        st = state()
-        refusal = origin_refusal(st, websocket.headers.get("Origin"))
-        if refusal is not None:
-            return web.ws_rejection(st.log, refusal, CATALOGUE)
-        await websocket.accept()
-        await Connection(st, websocket._get_current_object()).run()  # type: ignore[attr-defined]
-        return None
+    async def ws() -> None:
+        """The rule only (a plain GET /v1/ws is a 400): WebSocket scopes are served by serve_ws."""
+        raise RuntimeError("/v1/ws is served by tether_session.asgi_ws.dispatch, in front of Quart")
+
+
+def serve_ws(st: State, sock: AsgiWebsocket) -> web.Rejection | Coroutine[Any, Any, None]:
+    """GET /v1/ws (WebSocket upgrade): the Origin check before accept (F07), then one Connection
+    (its coroutine: the dispatch awaits it once it has accepted the upgrade)."""
+    refusal = origin_refusal(st, sock.headers.get("Origin"))
+    if refusal is not None:
+        return web.ws_rejection(st.log, refusal, CATALOGUE)
+    return Connection(st, sock).run()
 
 
 def _event_json(e: store.StoredEvent) -> str:

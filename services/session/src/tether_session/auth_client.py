@@ -1,13 +1,22 @@
 """The session service as a consumer of the auth-token contract.
 
 Only two calls, exactly as contracts/auth-token/openapi.json describes them:
-``POST /v1/tokens/consume`` (service credential) and ``GET /v1/me`` (the user's own
+``POST /v1/tokens/consume-batch`` (service credential) and ``GET /v1/me`` (the user's own
 credential, forwarded).  In test mode every call can be recorded to a JSON-lines file
 (token values replaced by same-length placeholders) for the consumer contract test.
+
+Token consumes are coalesced: :meth:`AuthClient.consume` queues the token, and at most
+``batches_in_flight`` consume-batch requests are out at a time.  A consume that finds a free
+slot goes out at once (alone, when nothing else is waiting); the ones arriving while every
+slot is busy wait and leave together in the next batch (at most 100 tokens, at most
+``_BATCH_BYTES`` of body).  Under a connect storm one request then carries tens of tokens:
+one HTTP round trip and one SQL statement instead of one each per connect.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import random
 import uuid
@@ -20,7 +29,13 @@ from tether_kit.errors import DependencyUnavailable, TetherError
 
 from .protocol import SessionError
 
+# The per-token codes of consume-batch, with the status consumeToken answers each with.
 _TOKEN_ERRORS = {404: "token_unknown", 409: "token_used", 410: "token_expired"}
+_BATCH_PATH = "/v1/tokens/consume-batch"
+_BATCH_MAX = 100  # the contract's maxItems
+# Well under the auth-token service's body limit (16 KiB by default): 100 issued tokens take
+# ~5 KiB, so only batches of odd client-sent strings are cut short by it.
+_BATCH_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,18 +50,51 @@ class AuthUser:
     name: str
 
 
+@dataclass(frozen=True)
+class _Waiter:
+    """One queued consume: its token (and that token as a JSON string) and its caller's future."""
+
+    token_json: str
+    request_id: str
+    future: asyncio.Future[Consumed]
+
+
 class AuthClient:
-    def __init__(self, base_url: str, service_key: str, *, record_path: str | None = None) -> None:
+    def __init__(
+        self, base_url: str, service_key: str, *, record_path: str | None = None, batches_in_flight: int = 2
+    ) -> None:
         self.base_url = base_url
         self.service_key = service_key
         self.record_path = record_path
+        self.batches_in_flight = max(1, batches_in_flight)
+        timeout = httpx.Timeout(3.0, connect=1.0)
+        # /v1/me and /healthz: one request per REST call.
         self.http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(3.0, connect=1.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            base_url=base_url, timeout=timeout, limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)
         )
+        # consume-batch: never more requests than batches in flight, so a pool of that size
+        # never makes one wait, and its bookkeeping stays small.
+        self.consume_http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=self.batches_in_flight, max_keepalive_connections=self.batches_in_flight
+            ),
+        )
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def aclose(self) -> None:
+        self._closed = True
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(_unavailable("the session service is stopping", cause="shutdown"))
+        for task in list(self._in_flight):
+            task.cancel()  # _send_batch answers its waiters before it ends
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self.consume_http.aclose()
         await self.http.aclose()
 
     def _record(self, method: str, path: str, body: Any, response: httpx.Response) -> None:
@@ -54,6 +102,8 @@ class AuthClient:
             return
         if isinstance(body, dict) and "token" in body:
             body = {**body, "token": "x" * len(body["token"])}
+        if isinstance(body, dict) and "tokens" in body:
+            body = {**body, "tokens": ["x" * len(token) for token in body["tokens"]]}
         try:
             response_body: Any = response.json()
         except ValueError:
@@ -73,40 +123,119 @@ class AuthClient:
 
     async def consume(self, token: str, *, request_id: str) -> Consumed:
         """Consume a connection token; auth failures become catalogue SessionErrors."""
-        body = {"token": token}
+        if self._closed:
+            raise _unavailable("the session service is stopping", cause="shutdown")
+        future: asyncio.Future[Consumed] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiter(json.dumps(token), request_id, future))
+        self._dispatch()
+        # A caller cancelled here cancels its future: a batch not yet sent leaves its token out.
+        return await future
+
+    def _dispatch(self) -> None:
+        """Send what is queued, as long as a batch slot is free."""
+        while self._queue and len(self._in_flight) < self.batches_in_flight and not self._closed:
+            batch = self._take_batch()
+            if not batch:
+                return
+            task = asyncio.create_task(self._send_batch(batch), name="auth-consume-batch")
+            self._in_flight.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._dispatch()
+
+    def _take_batch(self) -> list[_Waiter]:
+        batch: list[_Waiter] = []
+        size = 0
+        while self._queue and len(batch) < _BATCH_MAX:
+            waiter = self._queue[0]
+            if waiter.future.done():  # its caller is gone (cancelled): do not consume its token
+                self._queue.popleft()
+                continue
+            if batch and size + len(waiter.token_json) + 1 > _BATCH_BYTES:
+                break
+            size += len(waiter.token_json) + 1
+            batch.append(self._queue.popleft())
+        return batch
+
+    async def _send_batch(self, batch: list[_Waiter]) -> None:
+        """One consume-batch request for ``batch``; every waiter gets its own answer, whatever happens."""
         try:
-            response = await self.http.post(
-                "/v1/tokens/consume",
-                json=body,
-                headers={"Authorization": f"Bearer {self.service_key}", "X-Request-ID": request_id},
+            outcomes = await self._consume_batch(batch)
+        except asyncio.CancelledError:
+            for waiter in batch:
+                if not waiter.future.done():
+                    waiter.future.set_exception(_unavailable("the session service is stopping", cause="shutdown"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to every waiter, whose close logs it
+            outcomes = [
+                SessionError(
+                    "internal_error",
+                    "consuming the connection token failed",
+                    log_fields={"dependency": "auth-token", "cause": type(exc).__name__},
+                )
+                for _ in batch
+            ]
+        for waiter, outcome in zip(batch, outcomes, strict=True):
+            if waiter.future.done():  # cancelled while the batch was out; the token is spent either way
+                continue
+            if isinstance(outcome, SessionError):
+                waiter.future.set_exception(outcome)
+            else:
+                waiter.future.set_result(outcome)
+
+    async def _consume_batch(self, batch: list[_Waiter]) -> list[Consumed | SessionError]:
+        request_id = batch[0].request_id if len(batch) == 1 else f"{batch[0].request_id}.batch{len(batch)}"
+        content = ('{"tokens":[' + ",".join(w.token_json for w in batch) + "]}").encode()
+        try:
+            response = await self.consume_http.post(
+                _BATCH_PATH,
+                content=content,
+                headers={
+                    "Authorization": f"Bearer {self.service_key}",
+                    "X-Request-ID": request_id,
+                    "Content-Type": "application/json",
+                },
             )
         except httpx.HTTPError as exc:
-            raise SessionError(
-                "auth_unavailable",
-                "the auth-token service could not be reached",
-                retry_after_ms=random.randint(500, 2000),
-                log_fields={"dependency": "auth-token", "cause": type(exc).__name__},
-            ) from exc
-        self._record("POST", "/v1/tokens/consume", body, response)
+            cause = type(exc).__name__
+            return [_unavailable("the auth-token service could not be reached", cause=cause) for _ in batch]
+        if self.record_path:
+            self._record("POST", _BATCH_PATH, {"tokens": [json.loads(w.token_json) for w in batch]}, response)
+        auth_request_id = response.headers.get("x-request-id")
         if response.status_code == 200:
-            data = response.json()
-            return Consumed(uuid.UUID(data["user_id"]), uuid.UUID(data["project_id"]) if data["project_id"] else None)
+            results = _batch_results(response, len(batch))
+            if results is not None:
+                return [_outcome(result, auth_request_id) for result in results]
+            return [
+                SessionError(
+                    "internal_error",
+                    "the auth-token service answered consume-batch outside its contract",
+                    log_fields={"auth_status": 200, "auth_request_id": auth_request_id},
+                )
+                for _ in batch
+            ]
         code = _problem_code(response)
-        if response.status_code in _TOKEN_ERRORS and code == _TOKEN_ERRORS[response.status_code]:
-            raise SessionError(code, log_fields={"auth_request_id": response.headers.get("x-request-id")})
         if response.status_code >= 500:
-            raise SessionError(
-                "auth_unavailable",
-                f"the auth-token service answered {response.status_code}",
-                retry_after_ms=random.randint(500, 2000),
-                log_fields={"dependency": "auth-token", "auth_code": code},
-            )
+            return [
+                SessionError(
+                    "auth_unavailable",
+                    f"the auth-token service answered {response.status_code}",
+                    retry_after_ms=random.randint(500, 2000),
+                    log_fields={"dependency": "auth-token", "auth_code": code, "auth_request_id": auth_request_id},
+                )
+                for _ in batch
+            ]
         # 401 service_unauthenticated or anything undocumented: our configuration is wrong.
-        raise SessionError(
-            "internal_error",
-            "the session service could not use the auth-token service",
-            log_fields={"auth_status": response.status_code, "auth_code": code},
-        )
+        return [
+            SessionError(
+                "internal_error",
+                "the session service could not use the auth-token service",
+                log_fields={"auth_status": response.status_code, "auth_code": code, "auth_request_id": auth_request_id},
+            )
+            for _ in batch
+        ]
 
     async def me(self, *, authorization: str | None, session_cookie: str | None, request_id: str) -> AuthUser:
         """Validate a user's credential by asking the auth-token service who it is."""
@@ -137,6 +266,51 @@ class AuthClient:
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+
+def _unavailable(detail: str, *, cause: str) -> SessionError:
+    return SessionError(
+        "auth_unavailable",
+        detail,
+        retry_after_ms=random.randint(500, 2000),
+        log_fields={"dependency": "auth-token", "cause": cause},
+    )
+
+
+def _batch_results(response: httpx.Response, count: int) -> list[dict[str, Any]] | None:
+    """The ``results`` of a consume-batch 200, one per token in order; None when it is not that."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, list) or len(results) != count:
+        return None
+    for index, result in enumerate(results):
+        if not isinstance(result, dict) or result.get("token_index") != index:
+            return None
+    return results
+
+
+def _outcome(result: dict[str, Any], auth_request_id: str | None) -> Consumed | SessionError:
+    if result.get("status") == "consumed":
+        try:
+            project_id = result["project_id"]
+            return Consumed(uuid.UUID(result["user_id"]), uuid.UUID(project_id) if project_id else None)
+        except (KeyError, TypeError, ValueError) as exc:
+            return SessionError(
+                "internal_error",
+                "the auth-token service answered consume-batch outside its contract",
+                log_fields={"auth_request_id": auth_request_id, "cause": type(exc).__name__},
+            )
+    code = result.get("code")
+    if result.get("status") == "error" and code in _TOKEN_ERRORS.values():
+        return SessionError(str(code), log_fields={"auth_request_id": auth_request_id})
+    return SessionError(
+        "internal_error",
+        "the auth-token service answered consume-batch outside its contract",
+        log_fields={"auth_request_id": auth_request_id, "auth_code": str(code)},
+    )
 
 
 def _problem_code(response: httpx.Response) -> str:

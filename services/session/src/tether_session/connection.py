@@ -21,12 +21,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from quart import Websocket
-
 from tether_kit import logs
 from tether_kit.errors import DependencyUnavailable, TetherError
 
 from . import store
+from .asgi_ws import AsgiWebsocket
 from .auth_client import Consumed
 from .fanout import chunk_frames
 from .protocol import SessionError, SessionMachine, State, TokenBucket
@@ -45,7 +44,7 @@ def jitter_ms(low: int, high: int) -> int:
 
 
 class Connection:
-    def __init__(self, st: AppState, ws: Websocket) -> None:
+    def __init__(self, st: AppState, ws: AsgiWebsocket) -> None:
         self.st = st
         self.ws = ws
         self.id = "c" + uuid.uuid4().hex[:20]
@@ -66,7 +65,7 @@ class Connection:
         self._feed: Feed | None = None
         self._sub: Subscriber | None = None
         self._counted_user = False
-        self.bucket = TokenBucket(st.config.prompts_per_minute / 60, max(1.0, st.config.prompts_per_minute / 6))
+        self.bucket: TokenBucket | None = None  # the prompt rate limit, made at the first prompt
 
     # -- entry point ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -75,7 +74,8 @@ class Connection:
         self.task = asyncio.current_task()
         st.connections[self.id] = self
         st.metrics.connections_open.inc()
-        with logs.scope(connection_id=self.id, replica=st.config.replica):
+        log_context = logs.enter(connection_id=self.id, replica=st.config.replica)
+        try:
             st.log.info("ws_open", origin=self.ws.headers.get("Origin"), remote=self.ws.headers.get("Remote-Addr"))
             try:
                 await self._guarded()
@@ -97,6 +97,8 @@ class Connection:
                     replayed=self.replayed,
                     **(self.machine.failure.log_fields if self.machine.failure else {}),
                 )
+        finally:
+            logs.leave(log_context)
 
     async def _guarded(self) -> None:
         try:
@@ -236,8 +238,7 @@ class Connection:
             raise SessionError(
                 "rate_limited", "too many connection attempts from this address", retry_after_ms=jitter_ms(1000, 5000)
             )
-        init = await self._receive()
-        await self._authenticate(init)
+        await self._authenticate(await self._receive())  # the INIT dict is not kept for the session
         async with asyncio.TaskGroup() as group:
             group.create_task(self._reader(), name=f"{self.id}-reader")
             await self._writer()  # in the handler's own task: one task fewer per session
@@ -339,6 +340,9 @@ class Connection:
     async def _prompt(self, frame: dict[str, Any]) -> None:
         st = self.st
         assert self.project is not None
+        if self.bucket is None:
+            per_minute = st.config.prompts_per_minute
+            self.bucket = TokenBucket(per_minute / 60, max(1.0, per_minute / 6))
         if not self.bucket.take(time.monotonic()):
             st.metrics.rate_limited.labels("prompts").inc()
             raise SessionError("rate_limited", retry_after_ms=self.bucket.retry_after_ms())

@@ -44,6 +44,8 @@ Chunk = tuple[int, str]  # (last seq in the frame, frame text)
 
 # A batched frame stops growing past either bound (at least one event each).
 BATCH_MAX_EVENTS = 500
+# After this replica's own NOTIFY, how long its local push may take before the feed reads the log.
+OWN_NOTIFY_GRACE_S = 0.25
 BATCH_MAX_CHARS = 128 * 1024
 
 
@@ -63,12 +65,46 @@ def chunk_frames(frames: list[tuple[int, str]], encode_batch: EncodeBatch) -> li
     return chunks
 
 
-@dataclass(eq=False)
+class Wake:
+    """``asyncio.Event`` for exactly one waiter (the connection's writer), without its deque of
+    waiters: measured ~0.8 KB less per session."""
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        if self._waiter is not None:
+            raise RuntimeError("Wake has one waiter at a time")
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
+@dataclass(eq=False, slots=True)
 class Subscriber:
-    """One connection's registration with a feed: a wake-up event, nothing buffered."""
+    """One connection's registration with a feed: a wake-up flag, nothing buffered."""
 
     connection_id: str
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: Wake = field(default_factory=Wake)
 
 
 class Feed:
@@ -82,6 +118,8 @@ class Feed:
         self._pending = False
         self._task: asyncio.Task[None] | None = None
         self._batches: dict[int, list[Chunk]] = {}  # cursor -> batched frames up to head; cleared as head moves
+        self._expected = 0  # highest seq announced by this replica's own NOTIFY
+        self._expect_timer: asyncio.TimerHandle | None = None
 
     def frames_after(self, cursor: int) -> list[tuple[int, str]] | None:
         """Cached frames with seq > cursor; None when the cache does not reach back to cursor+1.
@@ -120,6 +158,27 @@ class Feed:
             self._extend(events)
         elif events[-1].seq > self.head:
             self.poke(events[-1].seq)
+
+    def expect(self, seq: int) -> None:
+        """This replica's own NOTIFY: its appender pushes those events right after the commit
+        (:meth:`push`), so no read is needed; one is made only if they have not arrived soon."""
+        if seq <= self.head:
+            return
+        self._expected = max(self._expected, seq)
+        if self._expect_timer is None:
+            self._expect_timer = asyncio.get_running_loop().call_later(OWN_NOTIFY_GRACE_S, self._check_expected)
+
+    def _check_expected(self) -> None:
+        self._expect_timer = None
+        if self._expected > self.head:
+            self.poke(self._expected)
+
+    def close(self) -> None:
+        if self._expect_timer is not None:
+            self._expect_timer.cancel()
+            self._expect_timer = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     def poke(self, seq: int | None) -> None:
         """A NOTIFY (or a reconnect) says the log may have grown: refresh in the background."""
@@ -203,8 +262,7 @@ class Hub:
         feed.subscribers.discard(sub)
         if not feed.subscribers and self.feeds.get(feed.project_id) is feed:
             del self.feeds[feed.project_id]
-            if feed._task is not None and not feed._task.done():
-                feed._task.cancel()
+            feed.close()
 
     def appended(self, project_id: uuid.UUID, events: list[store.StoredEvent]) -> None:
         """This replica committed ``events`` (ascending seqs) to the project's log."""
@@ -212,7 +270,8 @@ class Hub:
         if feed is not None and events:
             feed.push(events)
 
-    def notified(self, payload: str) -> None:
+    def notified(self, payload: str, *, own: bool = False) -> None:
+        """A NOTIFY ``<project>:<last_seq>``; ``own`` when one of this replica's connections sent it."""
         project, _, seq = payload.partition(":")
         try:
             project_id, last = uuid.UUID(project), int(seq)
@@ -221,7 +280,10 @@ class Hub:
             return
         feed = self.feeds.get(project_id)
         if feed is not None:
-            feed.poke(last)
+            if own:
+                feed.expect(last)
+            else:
+                feed.poke(last)
 
     def poke_all(self) -> None:
         for feed in self.feeds.values():
@@ -244,8 +306,8 @@ class Listener:
         self.reconnects = 0
         self._lost = asyncio.Event()
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        self.hub.notified(str(payload))
+    def _on_notify(self, _conn: Any, pid: int, _channel: str, payload: object) -> None:
+        self.hub.notified(str(payload), own=pid in self.hub.db.backend_pids)
 
     def _on_termination(self, _conn: Any) -> None:
         self._lost.set()

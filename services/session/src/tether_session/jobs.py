@@ -76,18 +76,23 @@ class AgentJobs:
                 )
                 jobs.append(Job(project_id, stored.seq, text, 0, 1))
 
-        (result,) = await self.appender.append(project_id, [event], after=add_job)
+        # without an agent there is nothing to write with the prompt: the plain (pipelined) path
+        (result,) = await self.appender.append(project_id, [event], after=add_job if with_job else None)
         self.published("prompt", 0 if result.duplicate else 1)
         return result, (jobs[0] if jobs else None)
 
     async def step(
         self, job: Job, events: Sequence[store.NewEvent], *, next_index: int | None = None, done: bool = False
     ) -> list[store.Appended]:
-        """Publish ``events`` and advance (or finish) the job in one transaction."""
+        """Publish ``events`` and advance (or finish) the job in one transaction.
+
+        An agent that has several chunks ready passes them together: one transaction (one WAL
+        flush) for all, with ``next_index`` after the last; a takeover resumes after it.
+        """
+        batch: store.Batch | None = None
         async with self.db.transaction() as conn:
-            results: list[store.Appended] = []
             if events:
-                results, _ = await store.append_events(conn, job.project_id, events, self.failpoint)
+                batch = await store.append_events(conn, job.project_id, events, self.failpoint)
             if done:
                 status: str = await conn.execute(
                     "DELETE FROM agent_jobs WHERE project_id = $1 AND prompt_seq = $2 AND owner = $3",
@@ -106,8 +111,11 @@ class AgentJobs:
                 )
             if status.endswith(" 0"):
                 raise JobLost(f"job {job.project_id}/{job.prompt_seq} is owned by another replica")
-        self.published("agent", sum(1 for r in results if not r.duplicate))
-        return results
+        if batch is None:
+            return []
+        self.appender.committed(job.project_id, batch.stored)
+        self.published("agent", len(batch.stored))
+        return batch.results
 
     async def claim_stale(self, limit: int = 20) -> list[Job]:
         async with self.db.transaction() as conn:

@@ -118,6 +118,8 @@ _SERVER_SIDE = frozenset({"internal_error", "auth_unavailable", "database_unavai
 class SessionMachine:
     """One connection's lifecycle.  Feed it inputs; it answers with states and close plans."""
 
+    __slots__ = ("catalogue", "failure", "state")  # one per session: no instance dict
+
     def __init__(self, catalogue: CloseCatalogue) -> None:
         self.catalogue = catalogue
         self.state = State.AWAITING_INIT
@@ -187,9 +189,9 @@ class SessionMachine:
         return SessionError("heartbeat_timeout", "no frame from the client within the heartbeat timeout")
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenBucket:
-    """Rate limit (pure: the caller passes the clock)."""
+    """Rate limit (pure: the caller passes the clock).  One per session: slotted."""
 
     rate_per_s: float
     burst: float

@@ -149,50 +149,64 @@ async def delete_project(conn: Connection, owner: uuid.UUID, project_id: uuid.UU
     return result.endswith(" 1")
 
 
+# One round trip per append: the work is a function of migration 0003 (lock, idempotent insert,
+# last_seq, NOTIFY in one statement).  Several projects' appends go in one pipelined batch.
+APPEND_SQL = "SELECT seqs, fresh, ts FROM append_events($1, $2, $3, $4)"
+AppendArgs = tuple[uuid.UUID, list[str], list[str], list[str]]
+# one encoder for every event (json.dumps with options builds a new one per call)
+_encode_data = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The outcome of one append: a result per event, and the events it stored, by seq."""
+
+    results: list[Appended]
+    stored: list[StoredEvent]
+
+
+def append_args(project_id: uuid.UUID, events: Sequence[NewEvent]) -> AppendArgs:
+    """The arguments of :data:`APPEND_SQL`; ``data`` is serialised here, once: these bytes are
+    what the log keeps (a ``json`` column) and what every replica sends."""
+    return (
+        project_id,
+        [e.event_id for e in events],
+        [e.kind for e in events],
+        [_encode_data(e.data) for e in events],
+    )
+
+
+def append_outcome(args: AppendArgs, row: Any) -> Batch:
+    """Read one :data:`APPEND_SQL` row; raises ``not_found`` when the project does not exist."""
+    seqs = row["seqs"] if row is not None else None
+    if seqs is None:
+        raise TetherError("not_found", "no such project")
+    _project_id, ids, kinds, datas = args
+    ts: dt.datetime = row["ts"]
+    results: list[Appended] = []
+    stored: list[StoredEvent] = []
+    for event_id, kind, data, seq, fresh in zip(ids, kinds, datas, seqs, row["fresh"], strict=True):
+        results.append(Appended(event_id, seq, not fresh))
+        if fresh:
+            stored.append(StoredEvent(seq, event_id, kind, data, ts))
+    return Batch(results, stored)
+
+
 async def append_events(
     conn: Connection, project_id: uuid.UUID, events: Sequence[NewEvent], failpoint: Failpoint
-) -> tuple[list[Appended], int]:
+) -> Batch:
     """Append events idempotently (by event_id) with gapless seqs; NOTIFY on commit.
 
-    Must run inside a transaction.  The project row lock is taken first, so the check
-    for already-stored event ids sees every committed append of this project.
+    Runs as one statement: atomic on its own, or part of the caller's transaction.  The
+    project row lock is taken first, so the check for already-stored event ids sees every
+    committed append of this project.
     """
-    # Plan the already-stored lookup below with the real array and table size every time: a
-    # generic plan cached while the log was small seq-scans it, and each append then costs
-    # O(log rows x batch) until autovacuum re-analyzes (found by the 100k catch-up test).
-    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-    last: int | None = await conn.fetchval("SELECT last_seq FROM projects WHERE id = $1 FOR UPDATE", project_id)
-    if last is None:
-        raise TetherError("not_found", "no such project")
-    ids = [e.event_id for e in events]
-    existing = {
-        r["event_id"]: r["seq"]
-        for r in await conn.fetch(
-            "SELECT event_id, seq FROM events WHERE project_id = $1 AND event_id = ANY($2::text[])", project_id, ids
-        )
-    }
-    results: list[Appended] = []
-    rows: list[tuple[uuid.UUID, int, str, str, str]] = []
-    seen_in_batch: dict[str, int] = {}
-    seq = last
-    for event in events:
-        known = existing.get(event.event_id, seen_in_batch.get(event.event_id))
-        if known is not None:
-            results.append(Appended(event.event_id, known, True))
-            continue
-        seq += 1
-        seen_in_batch[event.event_id] = seq
-        rows.append((project_id, seq, event.event_id, event.kind, json.dumps(event.data, separators=(",", ":"))))
-        results.append(Appended(event.event_id, seq, False))
-    if rows:
-        await conn.executemany(
-            "INSERT INTO events (project_id, seq, event_id, kind, data) VALUES ($1, $2, $3, $4, $5::jsonb)", rows
-        )
+    args = append_args(project_id, events)
+    batch = append_outcome(args, await conn.fetchrow(APPEND_SQL, *args))
+    if batch.stored:
         failpoint("events.append.after_insert")
-        await conn.execute("UPDATE projects SET last_seq = $2 WHERE id = $1", project_id, seq)
         failpoint("events.append.after_update_seq")
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{project_id}:{seq}")
-    return results, seq
+    return batch
 
 
 async def read_events(conn: Connection, project_id: uuid.UUID, after: int, limit: int) -> list[StoredEvent]:

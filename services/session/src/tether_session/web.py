@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from quart import Quart, Response
 
@@ -62,11 +63,19 @@ def register(app: Quart, config: Config) -> None:
         return _file(target)
 
 
-def ws_rejection(log: JsonLogger, error: TetherError, catalogue: Catalogue) -> Response:
+class Rejection(NamedTuple):
+    """An HTTP answer to a WebSocket upgrade, sent before accept (``AsgiWebsocket.reject``)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def ws_rejection(log: JsonLogger, error: TetherError, catalogue: Catalogue) -> Rejection:
     """Before accept the only answer is HTTP: a problem+json rejection and one log line."""
     spec = catalogue[error.code]
     request_id = uuid.uuid4().hex
-    log.warning("ws_rejected", code=spec.code, status=spec.status, detail=error.detail, request_id=request_id)
+    log.log(spec.level, "ws_rejected", code=spec.code, status=spec.status, detail=error.detail, request_id=request_id)
     body = {
         "type": f"https://tether.dev/errors/{spec.code}",
         "title": spec.title,
@@ -75,6 +84,10 @@ def ws_rejection(log: JsonLogger, error: TetherError, catalogue: Catalogue) -> R
         "detail": error.detail,
         "request_id": request_id,
     }
-    return Response(
-        json.dumps(body), status=spec.status, content_type=PROBLEM_JSON, headers={REQUEST_ID_HEADER: request_id}
-    )
+    raw = json.dumps(body).encode()
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(raw)).encode()),
+        (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+    ]
+    return Rejection(spec.status, headers, raw)

@@ -1,0 +1,243 @@
+"""The WebSocket endpoint straight on ASGI: Hypercorn hands ``/v1/ws`` to the session, not to Quart.
+
+Memory per idle session is the budget here (bench scenario 4).  Quart's WebSocket path cost
+about 14 KB per connection on top of Hypercorn's own (measured: 45.5 -> 31.6 KB/session): a
+second queue, a receiver task and a handler task, a request context, a ``Headers`` copy of
+every header.  :class:`~tether_session.connection.Connection` needs none of it; it uses:
+
+* ``headers.get(name)`` (``Origin``, and Quart's ``Remote-Addr``: the peer address from the
+  scope's ``client``, never a header the client sent);
+* ``scope`` (the ASGI scope; the client's close code is stored there under
+  ``tether.client_close_code`` for the ``ws_close`` log line);
+* ``await send(text)``, ``await receive()`` (-> ``str | bytes``), ``await close(code, reason)``.
+
+:class:`AsgiWebsocket` provides exactly that on the ASGI callables: ``receive()`` awaits
+Hypercorn's own per-connection queue (no queue or task of ours).  A client that goes away
+cancels the handler task, as Quart did: ``receive()`` raises :class:`asyncio.CancelledError`
+in whichever task was reading, after cancelling the handler when that was another task (the
+session's reader).  Until a task reads, a departure is not noticed (e.g. during INIT's token
+check): the session then ends at its next read.
+
+:class:`WebsocketQuart` is the app: HTTP and lifespan scopes go to Quart's ``asgi_app``
+unchanged; WebSocket scopes go to the route registered for their path, and an upgrade to any
+other path is refused before accept with a problem+json 404 and one ``ws_rejected`` line
+(through Quart it was an empty 500).  After the session, :meth:`AsgiWebsocket.finish`
+completes the closing handshake (Hypercorn's queue towards the app is bounded: see there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any, cast, overload
+
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from quart import Quart
+
+from tether_kit.errors import Catalogue, TetherError
+from tether_kit.logs import JsonLogger
+
+from .web import Rejection, ws_rejection
+
+# After the session closed the socket: how long to wait for the client's close reply (the
+# closing handshake) while draining what it still sends.  Hypercorn's queue towards the app
+# is bounded; returning while it is full would block Hypercorn on the final disconnect event.
+CLOSE_HANDSHAKE_S = 2.0
+
+
+# Scope values that are equal on every connection (ASGI versions, extensions, the server address,
+# the path...) but built anew for each by Hypercorn: one shared object each instead (~0.5 KB per
+# session).  Nothing mutates a WebSocket scope's values after accept.
+_SHARED_KEYS = ("asgi", "extensions", "state", "subprotocols", "http_version", "server", "path", "raw_path")
+_shared: dict[tuple[str, str], Any] = {}
+
+
+def _share_scope_values(scope: dict[str, Any]) -> None:
+    for key in _SHARED_KEYS:
+        value = scope.get(key)
+        if value is None:
+            continue
+        marker = (key, repr(value))
+        if len(marker[1]) > 200:
+            continue
+        shared = _shared.setdefault(marker, value) if len(_shared) < 64 else _shared.get(marker, value)
+        if shared is not value and shared == value:
+            scope[key] = shared
+
+
+class ScopeHeaders:
+    """A read-only view of the scope's request headers (case-insensitive ``get``), built on demand."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, scope: Mapping[str, Any]) -> None:
+        self._scope = scope
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.lower()
+        if key == "remote-addr":  # as Quart: the peer's address, whatever headers the client sent
+            client = self._scope.get("client")
+            return str(client[0]) if client else "<local>"
+        wanted = key.encode("latin-1")
+        headers: Iterable[tuple[bytes, bytes]] = self._scope["headers"]
+        for raw_name, value in headers:
+            if raw_name.lower() == wanted:
+                return value.decode("latin-1")
+        return default
+
+
+class AsgiWebsocket:
+    """One WebSocket on the ASGI callables: what :class:`Connection` uses, nothing per message kept."""
+
+    __slots__ = ("_handler", "_receive", "_send", "accepted", "close_sent", "gone", "scope")
+
+    def __init__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        self.scope = cast(dict[str, Any], scope)
+        self._receive = receive
+        self._send = send
+        self._handler: asyncio.Task[Any] | None = None
+        self.accepted = False
+        self.close_sent = False
+        self.gone = False  # the client's side is closed (websocket.disconnect received)
+
+    @property
+    def headers(self) -> ScopeHeaders:
+        return ScopeHeaders(self.scope)
+
+    async def accept(self) -> None:
+        """Accept the upgrade; the calling task becomes the handler a client disconnect cancels.
+
+        The request headers are released here but for ``Origin`` (the ``ws_open`` line names it):
+        the scope lives as long as the connection, and a browser's headers (cookies, user agent)
+        are often a kilobyte or more.  Hypercorn does not read them after the handshake.
+        """
+        if not self.accepted:
+            self._handler = asyncio.current_task()
+            self.accepted = True
+            await self._send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+            headers: Iterable[tuple[bytes, bytes]] = self.scope["headers"]
+            self.scope["headers"] = [h for h in headers if h[0].lower() == b"origin"][:1]
+            _share_scope_values(self.scope)
+
+    async def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            await self._send({"type": "websocket.send", "bytes": None, "text": data})
+        else:
+            await self._send({"type": "websocket.send", "bytes": data, "text": None})
+
+    async def receive(self) -> str | bytes:
+        """The next message; when the client has gone: cancel the handler, raise CancelledError."""
+        while not self.gone:
+            event = cast(dict[str, Any], await self._receive())
+            kind = event["type"]
+            if kind == "websocket.receive":
+                # an empty binary frame is b"" (falsy): keep it bytes, never None (invalid_frame, not a crash)
+                data = event.get("bytes")
+                return cast(str | bytes, data if data is not None else event["text"])
+            if kind == "websocket.disconnect":
+                self.gone = True
+                self.scope["tether.client_close_code"] = event.get("code")
+            # websocket.connect (before accept) is skipped
+        handler = self._handler
+        if handler is not None and handler is not asyncio.current_task() and not handler.done():
+            handler.cancel()
+        raise asyncio.CancelledError
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.close_sent:
+            raise RuntimeError("Cannot close websocket multiple times")
+        self.close_sent = True
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def reject(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Answer the upgrade with an HTTP response instead (before accept)."""
+        extensions = self.scope.get("extensions") or {}
+        if "websocket.http.response" not in extensions:  # the server cannot: a bare 403
+            await self._send({"type": "websocket.close", "code": 1000, "reason": None})
+            return
+        await self._send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+
+    async def finish(self) -> None:
+        """After the session: close if it did not (1000, as Quart did), then wait (bounded) for the
+        client's close reply, reading and dropping what it still sends.
+
+        Hypercorn's queue towards the app holds 10 events and its reader waits for room: had the
+        app returned with the queue full (a client still sending when the session failed), that
+        reader task would wait forever, and Hypercorn would hang on it at shutdown.  Waiting for
+        the reply also lets Hypercorn close the socket after the handshake, not under the client.
+        """
+        if not self.accepted or self.gone:
+            return
+        if not self.close_sent:
+            await self.close(1000)
+        try:
+            async with asyncio.timeout(CLOSE_HANDSHAKE_S):
+                while True:
+                    event = await self._receive()
+                    if event["type"] == "websocket.disconnect":
+                        self.gone = True
+                        return
+        except TimeoutError:
+            return  # the client never answered; Hypercorn closes the socket when the app returns
+
+
+WsRoute = Callable[[AsgiWebsocket], Rejection | Coroutine[Any, Any, None]]
+"""Called before accept: a :class:`Rejection` refuses the upgrade; a coroutine is the session, which
+the dispatch awaits once it has accepted (returned, not awaited, by the route: a frame fewer per session)."""
+
+
+class WebsocketQuart(Quart):
+    """Quart for HTTP and lifespan; WebSocket scopes are served here on ASGI, never by Quart.
+
+    The dispatch is ``__call__`` itself rather than a wrapper around ``asgi_app``: Hypercorn
+    calls the app object, so a wrapper would keep one more coroutine frame alive per session.
+    """
+
+    def __init__(self, import_name: str, *, log: JsonLogger, catalogue: Catalogue) -> None:
+        super().__init__(import_name)
+        self._ws_log = log
+        self._ws_catalogue = catalogue
+        self._ws_routes: dict[str, WsRoute] = {}
+
+    def websocket_route(self, path: str, route: WsRoute) -> None:
+        """Serve WebSocket upgrades to ``path`` (an exact match) with ``route``."""
+        self._ws_routes[path] = route
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "websocket":
+            await self.asgi_app(scope, receive, send)
+            return
+        log, catalogue = self._ws_log, self._ws_catalogue
+        ws = AsgiWebsocket(scope, receive, send)
+        route = self._ws_routes.get(scope["path"])
+        try:
+            if route is None:
+                missing = TetherError("http_not_found", f"no WebSocket endpoint at {scope['path'][:100]}")
+                await ws.reject(*ws_rejection(log, missing, catalogue))
+                return
+            session = route(ws)
+            if isinstance(session, Rejection):
+                await ws.reject(*session)
+                return
+            try:
+                await ws.accept()
+            except BaseException:
+                session.close()  # never started: no "coroutine was never awaited"
+                raise
+            await session
+        except Exception as exc:  # a bug outside Connection (which logs and closes its own failures)
+            log.exception("ws_internal_error", exc, path=scope["path"][:100])
+            if not ws.accepted:
+                await ws.reject(*ws_rejection(log, TetherError("internal_error", "unexpected server error"), catalogue))
+                return
+            if not ws.close_sent and not ws.gone:
+                await ws.close(1011, "internal_error")
+        await ws.finish()
+
+
+__all__ = ["CLOSE_HANDSHAKE_S", "AsgiWebsocket", "ScopeHeaders", "WebsocketQuart", "WsRoute"]
