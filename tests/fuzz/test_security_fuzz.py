@@ -292,6 +292,7 @@ def test_F01_oversized_deep_and_unstorable_bodies_are_refused(
         "not JSON": (b"{'name': 1}", 400, "invalid_body"),
         "not UTF-8": (b'{"name": "\xff\xfe"}', 400, "invalid_body"),
         "NaN": (b'{"name": NaN}', 400, "invalid_body"),
+        "number beyond float range": (b'{"name": 1e400}', 400, "invalid_body"),
     }
     if kind is SESSION:
         cases["U+0000 in a string"] = (
@@ -302,6 +303,8 @@ def test_F01_oversized_deep_and_unstorable_bodies_are_refused(
         if operation_id == "publishEvents":
             event = {"event_id": "nul-1", "kind": "probe", "data": {"text": "a\u0000b"}}
             cases["U+0000 deep in event data"] = (json.dumps({"events": [event]}).encode(), 400, "invalid_body")
+            big = b'{"events": [{"event_id": "inf-1", "kind": "probe", "data": {"x": 1e400}}]}'
+            cases["1e400 in event data"] = (big, 400, "invalid_body")
     for name, (body, status, code) in cases.items():
         probe(
             world, kind, f"{operation_id}: {name}", Request(legit.method, legit.path, body, legit.headers), status, code

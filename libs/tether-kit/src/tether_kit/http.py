@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -63,6 +64,15 @@ def json_depth(value: Any, limit: int) -> int:
     return depth
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number Python reads as infinity (``1e400``) would be written back as ``Infinity``,
+    which is not JSON (PostgreSQL refused it: a 500).  Refused here as invalid."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
 def parse_json_text(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, allow_nul: bool = True) -> Any:
     """Strict JSON parsing shared by HTTP bodies and WebSocket frames.
 
@@ -72,7 +82,7 @@ def parse_json_text(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, allow_
     """
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError as exc:  # only far past max_depth: name it so, as the depth check below does
         raise TetherError("invalid_body", f"JSON nesting deeper than {max_depth}") from exc
     except (UnicodeDecodeError, ValueError) as exc:
