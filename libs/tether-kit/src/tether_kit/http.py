@@ -179,6 +179,20 @@ class HttpKit:
         app.register_error_handler(HTTPException, self._on_http_exception)
         app.register_error_handler(Exception, self._on_exception)
 
+    def add_common_routes(self) -> None:
+        """``GET /healthz`` (the process answers) and ``GET /openapi.json`` (the contract file, byte
+        for byte): the same in every service."""
+        contract = self.contract
+
+        async def healthz() -> Response:
+            return Response(json.dumps({"status": "ok"}), content_type="application/json")
+
+        async def openapi() -> Response:
+            return Response(contract.served_bytes(), content_type="application/json")
+
+        self.app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
+        self.app.add_url_rule("/openapi.json", "openapi", openapi, methods=["GET"])
+
     # -- request lifecycle -------------------------------------------------------------
     async def _before(self) -> None:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
@@ -230,6 +244,7 @@ class HttpKit:
         return response
 
     # -- errors ------------------------------------------------------------------------
+
     def problem(self, err: TetherError, *, exc: BaseException | None = None) -> Response:
         """The one place an HTTP error becomes a response and a log line."""
         spec = self.catalogue[err.code] if err.code in self.catalogue else self.catalogue["internal_error"]

@@ -93,7 +93,8 @@ def create_app(config: Config | None = None) -> Quart:
         db_pool=Gauge("tether_db_pool_connections", "Database pool connections", ["state"], registry=registry),
     )
     app.extensions["tether"] = st
-    _routes(app, contract)
+    kit.add_common_routes()
+    _routes(app)
     check_routes(app, contract, outside_contract=set())
 
     @app.before_serving
@@ -165,11 +166,7 @@ def _ts(value: Any) -> str:
     return str(value.isoformat())
 
 
-def _routes(app: Quart, contract: OpenApiContract) -> None:
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return _json({"status": "ok"})
-
+def _routes(app: Quart) -> None:
     @app.get("/readyz")
     async def readyz() -> Response:
         st = state()
@@ -177,10 +174,6 @@ def _routes(app: Quart, contract: OpenApiContract) -> None:
         if all(checks.values()):
             return _json({"ready": True, "checks": checks})
         raise TetherError("not_ready", f"not ready: phase {st.startup.phase}", extras={"checks": checks})
-
-    @app.get("/openapi.json")
-    async def openapi() -> Response:
-        return Response(contract.served_bytes(), content_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:

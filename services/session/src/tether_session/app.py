@@ -226,7 +226,8 @@ def create_app(config: Config | None = None) -> Quart:
             timeout_s=max(0.5, config.agent_stale_s / 2),
         )
     app.extensions["tether"] = st
-    _routes(app, contract)
+    kit.add_common_routes()
+    _routes(app)
     web.register(app, config)
     check_routes(app, contract, outside_contract=web.RULES)
     # WebSocket scopes never reach Quart (memory per idle session): see asgi_ws.
@@ -342,11 +343,7 @@ def _uuid(value: str) -> uuid.UUID:
         raise TetherError("not_found", "no such project") from None
 
 
-def _routes(app: Quart, contract: OpenApiContract) -> None:
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return _json({"status": "ok"})
-
+def _routes(app: Quart) -> None:
     @app.get("/readyz")
     async def readyz() -> Response:
         st = state()
@@ -361,10 +358,6 @@ def _routes(app: Quart, contract: OpenApiContract) -> None:
             return _json({"ready": True, "checks": checks})
         code = "draining" if st.draining else "not_ready"
         raise TetherError(code, f"not ready: phase {st.startup.phase}", extras={"checks": checks})
-
-    @app.get("/openapi.json")
-    async def openapi() -> Response:
-        return Response(contract.served_bytes(), content_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:
