@@ -479,6 +479,15 @@ def tether_table(t: dict[str, Any]) -> list[str]:
             lat(s, "lat"),
             s,
         )
+    m = (t.get("stream") or {}).get("more_inflight")
+    if m:
+        row(
+            "2a″ the same publisher, more requests in flight (unit: event)",
+            f"{_f(_g(m, 'events'))} events, batches of {_f(_g(m, 'batch'))}, {_f(_g(m, 'inflight'))} requests in flight",
+            f"{_f(_g(m, 'events_per_s'))} events/s",
+            lat(m, "lat"),
+            m,
+        )
     r = t.get("stream_rate")
     if r:
         row(
@@ -614,7 +623,13 @@ def targets(t: dict[str, Any], peers: list[dict[str, Any]]) -> list[tuple[str, s
     res.append(
         (
             "agent stream ≥ 20,000 events/s per replica (ingest, batched)",
-            f"{_f(eps)} events/s",
+            f"{_f(eps)} events/s with {_f(_g(t, 'stream', 'inflight'))} requests in flight"
+            + (
+                f"; {_f(_g(t, 'stream', 'more_inflight', 'events_per_s'))} with "
+                f"{_f(_g(t, 'stream', 'more_inflight', 'inflight'))}"
+                if _g(t, "stream", "more_inflight", "events_per_s") is not None
+                else ""
+            ),
             None if eps is None else eps >= 20_000,
             "stream",
         )
