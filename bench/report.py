@@ -49,9 +49,8 @@ def _ratio(a: Any, b: Any) -> str:
 
 
 # -- profiles and notes ------------------------------------------------------------------------
-def profile_summary(path: Path, top: int = 8) -> dict[str, Any]:
-    """The top of one py-spy window (raw collapsed stacks, ``bench/scenarios.py``'s Profiler):
-    functions by own time, Tether's own functions by inclusive time, what Postgres waited on."""
+def fold_counts(path: Path) -> tuple[dict[str, int], dict[str, int], int]:
+    """Samples per function in a collapsed-stacks file (py-spy ``--format raw``): own, inclusive, total."""
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
     total = 0
@@ -65,6 +64,13 @@ def profile_summary(path: Path, top: int = 8) -> dict[str, Any]:
         own[frames[-1]] = own.get(frames[-1], 0) + count
         for f in set(frames):
             incl[f] = incl.get(f, 0) + count
+    return own, incl, total
+
+
+def profile_summary(path: Path, top: int = 8) -> dict[str, Any]:
+    """The top of one py-spy window (raw collapsed stacks, ``bench/scenarios.py``'s Profiler):
+    functions by own time, Tether's own functions by inclusive time, what Postgres waited on."""
+    own, incl, total = fold_counts(path)
 
     def pct(n: int) -> float:
         return round(n / total * 100, 1) if total else 0.0

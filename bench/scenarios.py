@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from .report import fold_counts
 from .stack import Service, Stack, taskset, window
 
 BENCH = Path(__file__).resolve().parent
@@ -185,19 +186,7 @@ class Profiler:
 
 def summarize(path: Path, top: int = 40) -> Path:
     """``<profile>.top.txt``: self and inclusive sample shares per function (idle loop excluded)."""
-    own: dict[str, int] = {}
-    incl: dict[str, int] = {}
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        frames = stack.split(";")
-        count = int(count_s)
-        total += count
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for f in set(frames):
-            incl[f] = incl.get(f, 0) + count
+    own, incl, total = fold_counts(path)
     out = path.with_suffix(".top.txt")
     lines = [f"{total} samples (250/s, active threads only)", "", "self %   function"]
     lines += [f"{n / total * 100:6.1f}   {f}" for f, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
