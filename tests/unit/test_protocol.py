@@ -253,8 +253,8 @@ def test_F01_every_name_the_service_raises_is_in_the_catalogue(catalogue: CloseC
 def test_auth_error_table_names_are_catalogue_entries(catalogue: CloseCatalogue) -> None:
     from tether_session.auth_client import _TOKEN_ERRORS
 
-    assert set(_TOKEN_ERRORS.values()) == FRAME_NAMES_FROM_AUTH
-    assert set(_TOKEN_ERRORS.values()) <= set(catalogue.by_name)
+    assert set(_TOKEN_ERRORS) == FRAME_NAMES_FROM_AUTH
+    assert set(_TOKEN_ERRORS) <= set(catalogue.by_name)
 
 
 def test_catalogue_loads_from_the_contract_and_rejects_bad_tables(catalogue: CloseCatalogue) -> None:

@@ -110,7 +110,8 @@ class BuiltinAgent:
                     if not ready:  # the producer ended without its chunks: raise its error
                         producer.result()
                         raise RuntimeError("the agent's producer ended early")
-                step, ready[: self.MAX_CHUNKS_PER_STEP] = ready[: self.MAX_CHUNKS_PER_STEP], []
+                step = ready[: self.MAX_CHUNKS_PER_STEP]
+                del ready[: len(step)]
                 next_index += len(step)
                 await jobs.step(job, step, next_index=next_index)
         finally:

@@ -29,8 +29,8 @@ from tether_kit.errors import DependencyUnavailable, TetherError
 
 from .protocol import SessionError
 
-# The per-token codes of consume-batch, with the status consumeToken answers each with.
-_TOKEN_ERRORS = {404: "token_unknown", 409: "token_used", 410: "token_expired"}
+# The per-token error codes of consume-batch (each a close code of the session contract).
+_TOKEN_ERRORS = frozenset({"token_unknown", "token_used", "token_expired"})
 _BATCH_PATH = "/v1/tokens/consume-batch"
 _BATCH_MAX = 100  # the contract's maxItems
 # Well under the auth-token service's body limit (16 KiB by default): 100 issued tokens take
@@ -100,8 +100,6 @@ class AuthClient:
     def _record(self, method: str, path: str, body: Any, response: httpx.Response) -> None:
         if not self.record_path:
             return
-        if isinstance(body, dict) and "token" in body:
-            body = {**body, "token": "x" * len(body["token"])}
         if isinstance(body, dict) and "tokens" in body:
             body = {**body, "tokens": ["x" * len(token) for token in body["tokens"]]}
         try:
@@ -208,14 +206,7 @@ class AuthClient:
             results = _batch_results(response, len(batch))
             if results is not None:
                 return [_outcome(result, auth_request_id) for result in results]
-            return [
-                SessionError(
-                    "internal_error",
-                    "the auth-token service answered consume-batch outside its contract",
-                    log_fields={"auth_status": 200, "auth_request_id": auth_request_id},
-                )
-                for _ in batch
-            ]
+            return [_off_contract(auth_status=200, auth_request_id=auth_request_id) for _ in batch]
         code = _problem_code(response)
         if response.status_code >= 500:
             return [
@@ -298,18 +289,16 @@ def _outcome(result: dict[str, Any], auth_request_id: str | None) -> Consumed | 
             project_id = result["project_id"]
             return Consumed(uuid.UUID(result["user_id"]), uuid.UUID(project_id) if project_id else None)
         except (KeyError, TypeError, ValueError) as exc:
-            return SessionError(
-                "internal_error",
-                "the auth-token service answered consume-batch outside its contract",
-                log_fields={"auth_request_id": auth_request_id, "cause": type(exc).__name__},
-            )
+            return _off_contract(auth_request_id=auth_request_id, cause=type(exc).__name__)
     code = result.get("code")
-    if result.get("status") == "error" and code in _TOKEN_ERRORS.values():
+    if result.get("status") == "error" and code in _TOKEN_ERRORS:
         return SessionError(str(code), log_fields={"auth_request_id": auth_request_id})
+    return _off_contract(auth_request_id=auth_request_id, auth_code=str(code))
+
+
+def _off_contract(**log_fields: Any) -> SessionError:
     return SessionError(
-        "internal_error",
-        "the auth-token service answered consume-batch outside its contract",
-        log_fields={"auth_request_id": auth_request_id, "auth_code": str(code)},
+        "internal_error", "the auth-token service answered consume-batch outside its contract", log_fields=log_fields
     )
 
 

@@ -47,6 +47,8 @@ BATCH_MAX_EVENTS = 500
 # After this replica's own NOTIFY, how long its local push may take before the feed reads the log.
 OWN_NOTIFY_GRACE_S = 0.25
 BATCH_MAX_CHARS = 128 * 1024
+# How many cursors' batched frames a feed keeps until its head moves (shared by every subscriber there).
+SHARED_CURSORS = 4
 
 
 def chunk_frames(frames: list[tuple[int, str]], encode_batch: EncodeBatch) -> list[Chunk]:
@@ -139,7 +141,11 @@ class Feed:
             frames = self.frames_after(cursor)
             if not frames:
                 return frames
-            chunks = self._batches[cursor] = chunk_frames(frames, self.hub.encode_batch)
+            chunks = chunk_frames(frames, self.hub.encode_batch)
+            # Kept only for the few cursors subscribers share (fan-out moves in lockstep); a
+            # straggler's frames are its own, and up to the whole cache each: not kept.
+            if len(self._batches) < SHARED_CURSORS:
+                self._batches[cursor] = chunks
         return chunks
 
     def _extend(self, events: list[store.StoredEvent]) -> None:
