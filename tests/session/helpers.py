@@ -33,8 +33,6 @@ from tests.support.session import ALLOWED_ORIGIN, Closed, SessionReplica, WsClie
 from tests.support.waiting import scaled, wait_until
 
 CATALOGUE = close_catalogue()
-# Failures caused by the server side (its code or its dependencies) are logged at error level.
-SERVER_SIDE = frozenset({"internal_error", "auth_unavailable", "database_unavailable", "overloaded"})
 
 
 @asynccontextmanager
@@ -113,7 +111,7 @@ def assert_close_logged(
     line = lines[0]
     assert line["reason"] == name, line
     assert line["code"] == entry["code"], line
-    assert line["level"] == ("error" if name in SERVER_SIDE else "warning"), line
+    assert line["level"] == entry["log_level"], line
     assert line["connection_id"] == connection_id
     assert isinstance(line["duration_ms"], int | float), line
     assert line["duration_ms"] >= 0, line

@@ -91,9 +91,26 @@ def test_F01_close_codes_validate_against_their_schema_and_are_unique() -> None:
 
 def test_close_code_schema_rejects_what_it_must() -> None:
     validator = jsonschema.Draft202012Validator(_load(SESSION / "close-codes.schema.json"))
-    good = {"code": 4000, "name": "x", "meaning": "m", "retryable": False, "action": "fix_client", "message": "m"}
+    good = {
+        "code": 4000,
+        "name": "x",
+        "meaning": "m",
+        "retryable": False,
+        "action": "fix_client",
+        "message": "m",
+        "cause": "client",
+        "log_level": "warning",
+    }
     assert validator.is_valid({"version": 1, "codes": [good]})
-    for bad in ({"code": 1000}, {"code": 5000}, {"action": "panic"}, {"name": "Bad-Name"}, {"retryable": "no"}):
+    for bad in (
+        {"code": 1000},
+        {"code": 5000},
+        {"action": "panic"},
+        {"name": "Bad-Name"},
+        {"retryable": "no"},
+        {"cause": "nobody"},
+        {"log_level": "info"},
+    ):
         assert not validator.is_valid({"version": 1, "codes": [{**good, **bad}]}), bad
 
 
@@ -229,8 +246,9 @@ def test_F11_create_app_checks_the_real_routes_against_the_contract(
     for key, value in {**_session_env(contract_dir), "TETHER_LOG_FILE": str(tmp_path / "log.jsonl")}.items():
         monkeypatch.setenv(key, value)
     app = create_app(Config.from_env())
-    rules = {rule.rule for rule in app.url_map.iter_rules()}
+    rules = {rule.rule for rule in app.http.url_map.iter_rules()}
     assert {"/v1/projects", "/v1/projects/<project_id>", "/v1/ws"} <= rules
+    assert app.ws_paths == {"/v1/ws"}
 
     _edit(contract_dir / "openapi.json", lambda s: s["paths"].pop("/v1/protocol/close-codes"))
     with pytest.raises(

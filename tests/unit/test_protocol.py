@@ -31,9 +31,10 @@ from tether_session.protocol import (
     CloseCatalogue,
     CloseCode,
     Input,
+    Limits,
     SessionError,
     SessionMachine,
-    State,
+    SessionState,
     TokenBucket,
 )
 
@@ -42,20 +43,27 @@ CONTRACT = REPO / "contracts" / "session"
 CLOSE_CODES = json.loads((CONTRACT / "close-codes.json").read_text())["codes"]
 ERROR_FRAME = jsonschema.Draft202012Validator(json.loads((CONTRACT / "frames" / "error.json").read_text()))
 SERVICE_SRC = Path(protocol.__file__).resolve().parent
-# Failures caused by the server side (its code or its dependencies) are logged at error level.
-SERVER_SIDE = {"internal_error", "auth_unavailable", "database_unavailable", "overloaded"}
 # auth_client.py maps auth-token answers through a table rather than literals
 FRAME_NAMES_FROM_AUTH = {"token_unknown", "token_used", "token_expired"}
 
-ALL_PAIRS = [(s, i) for s in State for i in Input]
+LIMITS = Limits(
+    max_connections=10,
+    max_connections_per_user=2,
+    init_timeout_ms=300,
+    heartbeat_timeout_ms=500,
+    session_lifetime_s=60.0,
+    drain_window_ms=2000,
+)
+
+ALL_PAIRS = [(s, i) for s in SessionState for i in Input]
 ALLOWED = [pair for pair in ALL_PAIRS if pair in TRANSITIONS]
 # (CLOSED, client_closed) is the one pair outside the table that is not an error: a
 # client going away after the server closed is idempotent.
-IDEMPOTENT = {(State.CLOSED, Input.CLIENT_CLOSED)}
+IDEMPOTENT = {(SessionState.CLOSED, Input.CLIENT_CLOSED)}
 DISALLOWED = [pair for pair in ALL_PAIRS if pair not in TRANSITIONS and pair not in IDEMPOTENT]
 
 
-def _pair_id(pair: tuple[State, Input]) -> str:
+def _pair_id(pair: tuple[SessionState, Input]) -> str:
     return f"{pair[0].value}-{pair[1].value}"
 
 
@@ -64,7 +72,7 @@ def catalogue() -> CloseCatalogue:
     return CloseCatalogue.load(CONTRACT / "close-codes.json")
 
 
-def _feed(machine: SessionMachine, event: Input) -> State:
+def _feed(machine: SessionMachine, event: Input) -> SessionState:
     """Feed ``event`` through the machine's public API (the way the handler does)."""
     if event in FRAME_INPUTS.values():
         return machine.receive(event.value)
@@ -80,10 +88,10 @@ def _feed(machine: SessionMachine, event: Input) -> State:
     raise AssertionError(f"input {event} has no driver in this test: add one")
 
 
-def _path_to(target: State) -> list[Input]:
+def _path_to(target: SessionState) -> list[Input]:
     """The shortest sequence of inputs leading from AWAITING_INIT to ``target`` (BFS over TRANSITIONS)."""
-    queue: deque[tuple[State, list[Input]]] = deque([(State.AWAITING_INIT, [])])
-    seen = {State.AWAITING_INIT}
+    queue: deque[tuple[SessionState, list[Input]]] = deque([(SessionState.AWAITING_INIT, [])])
+    seen = {SessionState.AWAITING_INIT}
     while queue:
         state, path = queue.popleft()
         if state is target:
@@ -95,7 +103,7 @@ def _path_to(target: State) -> list[Input]:
     raise AssertionError(f"state {target} is unreachable from AWAITING_INIT")
 
 
-def _machine_in(state: State, catalogue: CloseCatalogue) -> SessionMachine:
+def _machine_in(state: SessionState, catalogue: CloseCatalogue) -> SessionMachine:
     machine = SessionMachine(catalogue)
     for event in _path_to(state):
         _feed(machine, event)
@@ -107,32 +115,34 @@ def _machine_in(state: State, catalogue: CloseCatalogue) -> SessionMachine:
 
 
 def test_every_state_is_reachable_and_every_input_is_used() -> None:
-    for state in State:
+    for state in SessionState:
         _path_to(state)
     assert {i for _, i in TRANSITIONS} == set(Input), "an input no state accepts is dead code"
-    assert SessionMachine(CloseCatalogue([])).state is State.AWAITING_INIT
+    assert SessionMachine(CloseCatalogue([])).state is SessionState.AWAITING_INIT
 
 
 def test_F04_only_init_is_accepted_first_and_closed_is_terminal() -> None:
-    first = [i for (s, i) in TRANSITIONS if s is State.AWAITING_INIT and i in FRAME_INPUTS.values()]
+    first = [i for (s, i) in TRANSITIONS if s is SessionState.AWAITING_INIT and i in FRAME_INPUTS.values()]
     assert first == [Input.INIT]
-    assert [i for (s, i) in TRANSITIONS if s is State.CLOSED] == []
-    assert TRANSITIONS[(State.AWAITING_INIT, Input.INIT)] is State.AUTHENTICATING
-    assert TRANSITIONS[(State.AUTHENTICATING, Input.AUTH_OK)] is State.READY
+    assert [i for (s, i) in TRANSITIONS if s is SessionState.CLOSED] == []
+    assert TRANSITIONS[(SessionState.AWAITING_INIT, Input.INIT)] is SessionState.AUTHENTICATING
+    assert TRANSITIONS[(SessionState.AUTHENTICATING, Input.AUTH_OK)] is SessionState.READY
 
 
 @pytest.mark.parametrize("pair", ALLOWED, ids=_pair_id)
-def test_allowed_transition_moves_to_its_target(pair: tuple[State, Input], catalogue: CloseCatalogue) -> None:
+def test_allowed_transition_moves_to_its_target(pair: tuple[SessionState, Input], catalogue: CloseCatalogue) -> None:
     state, event = pair
     machine = _machine_in(state, catalogue)
     assert _feed(machine, event) is TRANSITIONS[pair]
     assert machine.state is TRANSITIONS[pair]
-    assert machine.is_live is (machine.state in (State.AWAITING_INIT, State.AUTHENTICATING, State.READY))
+    assert machine.is_live is (
+        machine.state in (SessionState.AWAITING_INIT, SessionState.AUTHENTICATING, SessionState.READY)
+    )
 
 
 @pytest.mark.parametrize("pair", DISALLOWED, ids=_pair_id)
 def test_F04_disallowed_input_raises_naming_state_and_input(
-    pair: tuple[State, Input], catalogue: CloseCatalogue
+    pair: tuple[SessionState, Input], catalogue: CloseCatalogue
 ) -> None:
     state, event = pair
     machine = _machine_in(state, catalogue)
@@ -147,8 +157,8 @@ def test_F04_disallowed_input_raises_naming_state_and_input(
 
 
 def test_client_closed_after_closed_is_idempotent(catalogue: CloseCatalogue) -> None:
-    machine = _machine_in(State.CLOSED, catalogue)
-    assert machine.client_closed() is State.CLOSED
+    machine = _machine_in(SessionState.CLOSED, catalogue)
+    assert machine.client_closed() is SessionState.CLOSED
     assert {p for p in ALL_PAIRS if p not in TRANSITIONS and p not in DISALLOWED} == IDEMPOTENT
 
 
@@ -156,7 +166,7 @@ def test_client_closed_after_closed_is_idempotent(catalogue: CloseCatalogue) -> 
 def test_F04_a_non_client_frame_type_is_unexpected_in_every_live_state(
     frame_type: str, catalogue: CloseCatalogue
 ) -> None:
-    for state in (State.AWAITING_INIT, State.AUTHENTICATING, State.READY):
+    for state in (SessionState.AWAITING_INIT, SessionState.AUTHENTICATING, SessionState.READY):
         machine = _machine_in(state, catalogue)
         with pytest.raises(SessionError) as raised:
             machine.receive(frame_type)
@@ -181,11 +191,11 @@ def test_frame_inputs_are_exactly_the_client_frames_of_the_contract() -> None:
 def test_F01_fail_maps_every_catalogue_entry_to_its_close_plan(
     entry: dict[str, Any], catalogue: CloseCatalogue
 ) -> None:
-    for state in (State.AWAITING_INIT, State.AUTHENTICATING, State.READY):
+    for state in (SessionState.AWAITING_INIT, SessionState.AUTHENTICATING, SessionState.READY):
         machine = _machine_in(state, catalogue)
         error = SessionError(entry["name"])
         plan = machine.fail(error)
-        assert machine.state is State.CLOSING
+        assert machine.state is SessionState.CLOSING
         assert machine.failure is error
         assert plan.close_code == entry["code"]
         assert plan.frame == {
@@ -198,8 +208,9 @@ def test_F01_fail_maps_every_catalogue_entry_to_its_close_plan(
             "action": entry["action"],
         }
         ERROR_FRAME.validate(plan.frame)
-        assert plan.level == ("error" if entry["name"] in SERVER_SIDE else "warning")
-        assert machine.close_sent() is State.CLOSED
+        assert plan.level == entry["log_level"]
+        assert entry["cause"] == "server" or plan.level == "warning", "a client's fault is never an error line"
+        assert machine.close_sent() is SessionState.CLOSED
         assert not machine.is_live
 
     # detail replaces the generic message; retry_after_ms is carried when given
@@ -213,7 +224,7 @@ def test_F01_fail_maps_every_catalogue_entry_to_its_close_plan(
 def test_F01_internal_error_close_plan_is_an_error_level_failure(catalogue: CloseCatalogue) -> None:
     """internal_error has no honest black-box trigger besides a misconfiguration (tested in
     tests/session/test_close_codes.py); its plan is proven here."""
-    plan = _machine_in(State.READY, catalogue).fail(SessionError("internal_error", "boom"))
+    plan = _machine_in(SessionState.READY, catalogue).fail(SessionError("internal_error", "boom"))
     assert (plan.close_code, plan.level, plan.frame["retryable"], plan.frame["action"]) == (
         4500,
         "error",
@@ -222,8 +233,8 @@ def test_F01_internal_error_close_plan_is_an_error_level_failure(catalogue: Clos
     )
 
 
-@pytest.mark.parametrize("state", [State.CLOSING, State.CLOSED])
-def test_fail_after_the_session_ended_is_refused(state: State, catalogue: CloseCatalogue) -> None:
+@pytest.mark.parametrize("state", [SessionState.CLOSING, SessionState.CLOSED])
+def test_fail_after_the_session_ended_is_refused(state: SessionState, catalogue: CloseCatalogue) -> None:
     machine = _machine_in(state, catalogue)
     with pytest.raises(SessionError) as raised:
         machine.fail(SessionError("heartbeat_timeout"))
@@ -260,26 +271,48 @@ def test_auth_error_table_names_are_catalogue_entries(catalogue: CloseCatalogue)
 def test_catalogue_loads_from_the_contract_and_rejects_bad_tables(catalogue: CloseCatalogue) -> None:
     assert sorted(catalogue.by_name) == sorted(e["name"] for e in CLOSE_CODES)
     assert catalogue["draining"].code == 4502
-    entry = CloseCode(4000, "a", "m", True, "backoff", "msg")
+
+    def code(number: int, name: str, level: str = "warning") -> CloseCode:
+        return CloseCode(number, name, "m", True, "backoff", "msg", "client", level)
+
+    entry = code(4000, "a")
     with pytest.raises(ValueError, match="duplicate"):
-        CloseCatalogue([entry, CloseCode(4001, "a", "m", True, "backoff", "msg")])
+        CloseCatalogue([entry, code(4001, "a")])
     with pytest.raises(ValueError, match="duplicate"):
-        CloseCatalogue([entry, CloseCode(4000, "b", "m", True, "backoff", "msg")])
-    for code in (3999, 5000, 1000):
+        CloseCatalogue([entry, code(4000, "b")])
+    for number in (3999, 5000, 1000):
         with pytest.raises(ValueError, match="outside"):
-            CloseCatalogue([CloseCode(code, "x", "m", True, "backoff", "msg")])
+            CloseCatalogue([code(number, "x")])
+    with pytest.raises(ValueError, match="log_level"):
+        CloseCatalogue([code(4000, "x", "info")])
 
 
 # -- deadlines -------------------------------------------------------------------------------
 
 
-def test_F04_deadlines_and_timeout_errors_by_state(catalogue: CloseCatalogue) -> None:
-    expected = {State.AWAITING_INIT: 300, State.AUTHENTICATING: None, State.READY: 500}
-    for state in State:
+def test_F04_F24_deadlines_and_timeout_errors_by_state(catalogue: CloseCatalogue) -> None:
+    expected = {SessionState.AWAITING_INIT: (0.3, False), SessionState.READY: (0.5, False)}
+    for state in SessionState:
         machine = _machine_in(state, catalogue)
-        assert machine.deadline_ms(init_timeout_ms=300, heartbeat_timeout_ms=500) == expected.get(state)
-    assert _machine_in(State.AWAITING_INIT, catalogue).timeout_error().name == "init_timeout"
-    assert _machine_in(State.READY, catalogue).timeout_error().name == "heartbeat_timeout"
+        machine.expires_at = 1e9
+        assert machine.receive_deadline(100.0, LIMITS) == expected.get(state, (None, False))
+    assert _machine_in(SessionState.AWAITING_INIT, catalogue).timeout_error(False).name == "init_timeout"
+    assert _machine_in(SessionState.READY, catalogue).timeout_error(False).name == "heartbeat_timeout"
+
+
+def test_session_lifetime_bounds_the_receive_when_it_ends_first_and_reauth_renews_it(
+    catalogue: CloseCatalogue,
+) -> None:
+    machine = SessionMachine(catalogue)
+    machine.receive("init")
+    machine.authenticated(now=1000.0, lifetime_s=2.0)
+    assert machine.expires_at == 1002.0
+    assert machine.receive_deadline(1000.0, LIMITS) == (0.5, False)  # heartbeat first
+    assert machine.receive_deadline(1001.8, LIMITS) == pytest.approx((0.2, True))  # lifetime first
+    assert machine.receive_deadline(1005.0, LIMITS) == (0.0, True)  # already over: no negative wait
+    assert machine.timeout_error(True).name == "session_expired"
+    machine.renewed(now=1001.9, lifetime_s=2.0)
+    assert machine.receive_deadline(1001.9, LIMITS) == (0.5, False)
 
 
 def test_session_error_str_names_the_catalogue_entry() -> None:
@@ -323,10 +356,9 @@ def test_token_bucket_retry_after_is_at_least_one_ms() -> None:
 
 
 def test_prompt_bucket_as_configured_by_the_connection() -> None:
-    """The connection builds its bucket as (ppm/60, max(1, ppm/6)): with 1 prompt a minute
-    the first prompt passes and the second is limited (the black-box rate_limited test
-    relies on this)."""
-    ppm = 1
-    bucket = TokenBucket(ppm / 60, max(1.0, ppm / 6))
+    """The connection builds its bucket with ``per_minute``: with 1 prompt a minute the first
+    prompt passes and the second is limited (the black-box rate_limited test relies on this)."""
+    bucket = TokenBucket.per_minute(1)
+    assert (bucket.rate_per_s, bucket.burst) == (1 / 60, 1.0)
     assert bucket.take(10.0) is True
     assert bucket.take(10.1) is False

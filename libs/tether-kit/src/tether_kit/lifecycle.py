@@ -33,6 +33,7 @@ class Startup:
     started_at: float = field(default_factory=time.perf_counter)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     phase: str = "starting"
+    completed: set[str] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -71,6 +72,7 @@ class Startup:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
             self.durations.labels(name).set(time.perf_counter() - phase_start)
+            self.completed.add(name)
         self.phase = "ready"
         total = time.perf_counter() - self.started_at
         self.durations.labels("total").set(total)
@@ -80,6 +82,10 @@ class Startup:
     @property
     def is_ready(self) -> bool:
         return self.ready.is_set()
+
+    def done(self, phase: str) -> bool:
+        """Whether start-up phase ``phase`` has finished (it stays finished: a later outage is not a phase)."""
+        return phase in self.completed
 
 
 def database_phases(db: Database, schema: str, migrations: list[migrate.Migration], log: JsonLogger) -> list[Phase]:

@@ -20,7 +20,7 @@ import uvloop
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from hypercorn.protocol import ws_stream
-from quart import Quart
+from hypercorn.typing import Framework
 
 from .logs import JsonLogger
 
@@ -72,7 +72,7 @@ def make_socket(host: str, port: int) -> socket.socket:
 
 
 def run(
-    app: Quart,
+    app: Framework,
     *,
     host: str,
     port: int,

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter
 from quart import Quart, Response, current_app, request
 
 from tether_kit import logs, migrate
@@ -20,11 +17,18 @@ from tether_kit.db import Connection, Database
 from tether_kit.errors import TetherError
 from tether_kit.http import HttpKit, bearer_token
 from tether_kit.lifecycle import Startup, database_phases
+from tether_kit.service import (
+    Background,
+    add_metrics,
+    add_readyz,
+    authenticate_service,
+    database_check,
+    json_response,
+)
 
 from . import store
 from .catalogue import CATALOGUE
 from .config import Config
-from .secrets import same_secret
 
 SERVICE = "auth-token"
 SCHEMA = "auth"
@@ -43,7 +47,6 @@ class State:
     token_consumes: Counter
     token_consume_batches: Counter
     logins: Counter
-    db_pool: Gauge
 
 
 def state() -> State:
@@ -90,25 +93,28 @@ def create_app(config: Config | None = None) -> Quart:
             "tether_token_consume_batches_total", "consume-batch requests answered 200", registry=registry
         ),
         logins=Counter("tether_logins_total", "Browser log-ins by outcome", ["outcome"], registry=registry),
-        db_pool=Gauge("tether_db_pool_connections", "Database pool connections", ["state"], registry=registry),
     )
     app.extensions["tether"] = st
     kit.add_common_routes()
+
+    async def migrations_done() -> bool:
+        return startup.done("migrations")
+
+    add_readyz(app, {"migrations": migrations_done, "postgres": database_check(db)})
+    add_metrics(app, registry, db)
     _routes(app)
     check_routes(app, contract, outside_contract=set())
+    background = Background(log)
 
     @app.before_serving
     async def _start() -> None:
         log.info("starting", port=config.port, test_mode=config.test_mode)
         startup.start()
-        app.extensions["tether_purger"] = asyncio.create_task(_purge_loop(st), name="purge")
+        background.periodic("tokens_purge", 60, lambda: _purge(st), after=startup.ready)
 
     @app.after_serving
     async def _stop() -> None:
-        purger: asyncio.Task[None] = app.extensions["tether_purger"]
-        purger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purger
+        await background.stop()
         await startup.stop()
         await db.close()
         log.close()
@@ -116,18 +122,12 @@ def create_app(config: Config | None = None) -> Quart:
     return app
 
 
-async def _purge_loop(st: State) -> None:
-    """Delete tokens that expired more than an hour ago, once a minute."""
-    await st.startup.ready.wait()
-    while True:
-        try:
-            async with st.db.transaction() as conn:
-                removed = await store.purge_expired(conn, 3600)
-            if removed:
-                st.log.info("tokens_purged", count=removed)
-        except Exception as exc:  # logged; the loop retries in a minute
-            st.log.exception("tokens_purge_failed", exc)
-        await asyncio.sleep(60)
+async def _purge(st: State) -> None:
+    """Delete tokens that expired more than an hour ago."""
+    async with st.db.transaction() as conn:
+        removed = await store.purge_expired(conn, 3600)
+    if removed:
+        st.log.info("tokens_purged", count=removed)
 
 
 # -- authentication helpers ------------------------------------------------------------
@@ -148,18 +148,8 @@ async def authenticate_user(conn: Connection) -> store.User:
     return user
 
 
-def authenticate_service() -> str:
-    key = bearer_token(request.headers.get("Authorization"))
-    if key is not None:
-        matched = [name for name, secret in state().config.service_keys.items() if same_secret(key, secret)]
-        if matched:
-            logs.bind(caller=matched[0])
-            return matched[0]
-    raise TetherError("service_unauthenticated", "a valid service credential is required")
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, default=str), status=status, content_type="application/json")
+def _service_caller() -> str:
+    return authenticate_service(state().config.service_keys)
 
 
 def _ts(value: Any) -> str:
@@ -167,23 +157,6 @@ def _ts(value: Any) -> str:
 
 
 def _routes(app: Quart) -> None:
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        st = state()
-        checks = {"migrations": st.startup.is_ready, "postgres": await st.db.ping() if st.db.is_open else False}
-        if all(checks.values()):
-            return _json({"ready": True, "checks": checks})
-        raise TetherError("not_ready", f"not ready: phase {st.startup.phase}", extras={"checks": checks})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        st = state()
-        stats = st.db.stats()
-        st.db_pool.labels("size").set(stats["size"])
-        st.db_pool.labels("idle").set(stats["idle"])
-        st.db_pool.labels("max").set(stats["max"])
-        return Response(generate_latest(st.registry), content_type=CONTENT_TYPE_LATEST)
-
     @app.post("/v1/login")
     async def login() -> Response:
         st = state()
@@ -199,7 +172,7 @@ def _routes(app: Quart) -> None:
             )
         st.logins.labels("ok").inc()
         st.log.info("login", user_id=str(user.id))
-        response = _json({"user": {"id": str(user.id), "name": user.name}, "expires_at": _ts(expires_at)})
+        response = json_response({"user": {"id": str(user.id), "name": user.name}, "expires_at": _ts(expires_at)})
         response.set_cookie(
             COOKIE,
             session,
@@ -227,7 +200,7 @@ def _routes(app: Quart) -> None:
         st = state()
         async with st.db.connection() as conn:
             user = await authenticate_user(conn)
-        return _json({"id": str(user.id), "name": user.name})
+        return json_response({"id": str(user.id), "name": user.name})
 
     @app.post("/v1/tokens")
     async def issue_token() -> Response:
@@ -242,7 +215,7 @@ def _routes(app: Quart) -> None:
             )
         st.tokens_issued.inc()
         st.log.info("token_issued", project_id=str(project_id) if project_id else None)
-        return _json(
+        return json_response(
             {
                 "token": issued.token,
                 "expires_at": _ts(issued.expires_at),
@@ -255,7 +228,7 @@ def _routes(app: Quart) -> None:
     @app.post("/v1/tokens/consume")
     async def consume_token() -> Response:
         st = state()
-        caller = authenticate_service()
+        caller = _service_caller()
         body = await st.kit.json_body("consumeToken")
         try:
             async with st.db.transaction() as conn:
@@ -266,12 +239,12 @@ def _routes(app: Quart) -> None:
         st.token_consumes.labels("ok").inc()
         logs.bind(user_id=str(consumed.user_id))
         st.log.info("token_consumed", project_id=str(consumed.project_id) if consumed.project_id else None)
-        return _json(_consumed_body(consumed))
+        return json_response(_consumed_body(consumed))
 
     @app.post("/v1/tokens/consume-batch")
     async def consume_token_batch() -> Response:
         st = state()
-        caller = authenticate_service()
+        caller = _service_caller()
         body = await st.kit.json_body("consumeTokenBatch")
         async with st.db.transaction() as conn:
             outcomes = await store.consume_tokens(conn, body["tokens"], caller, st.kit.failpoints.hit)
@@ -291,7 +264,7 @@ def _routes(app: Quart) -> None:
             st.token_consumes.labels(label).inc(count)
         st.token_consume_batches.inc()
         st.log.info("tokens_consumed_batch", tokens=len(outcomes), outcomes=counts)
-        return _json({"results": results})
+        return json_response({"results": results})
 
 
 def _consumed_body(consumed: store.ConsumedToken) -> dict[str, Any]:

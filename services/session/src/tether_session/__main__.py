@@ -5,7 +5,7 @@ from __future__ import annotations
 from tether_kit import logs
 from tether_kit.serve import run
 
-from .app import SERVICE, State, create_app
+from .app import SERVICE, create_app
 from .config import Config
 
 
@@ -17,13 +17,12 @@ def main() -> None:
     except Exception as exc:  # a bad contract or configuration: one structured line, then exit non-zero
         log.exception("startup_failed", exc, phase="create_app")
         raise SystemExit(3) from exc
-    st: State = app.extensions["tether"]
     run(
         app,
         host=config.host,
         port=config.port,
         log=log,
-        drain=st.drain,
+        drain=app.drain,
         graceful_timeout=config.drain_timeout_s,
         max_message_size=max(4 * config.max_frame_bytes, 1 << 20),
         websocket_deflate=config.ws_deflate,

@@ -16,6 +16,7 @@ as the HTTP ingest endpoint (they never write to sockets).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable
 from typing import Any
 
@@ -58,7 +59,8 @@ class AgentRunner:
             except Exception as exc:  # logged; the agent's failure is also visible in the log as agent_error
                 self.log.exception("agent_failed", exc, task=name)
 
-        task = asyncio.create_task(guarded(), name=name)
+        # A fresh log context: the task outlives the connection or request that started it (F40).
+        task = asyncio.get_running_loop().create_task(guarded(), name=name, context=contextvars.Context())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

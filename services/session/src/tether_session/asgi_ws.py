@@ -18,26 +18,18 @@ in whichever task was reading, after cancelling the handler when that was anothe
 session's reader).  Until a task reads, a departure is not noticed (e.g. during INIT's token
 check): the session then ends at its next read.
 
-:class:`WebsocketQuart` is the app: HTTP and lifespan scopes go to Quart's ``asgi_app``
-unchanged; WebSocket scopes go to the route registered for their path, and an upgrade to any
-other path is refused before accept with a problem+json 404 and one ``ws_rejected`` line
-(through Quart it was an empty 500).  After the session, :meth:`AsgiWebsocket.finish`
-completes the closing handshake (Hypercorn's queue towards the app is bounded: see there).
+:mod:`tether_session.asgi` dispatches WebSocket scopes here.  After the session,
+:meth:`AsgiWebsocket.finish` completes the closing handshake (Hypercorn's queue towards the
+app is bounded: see there).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast, overload
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
-from quart import Quart
-
-from tether_kit.errors import Catalogue, TetherError
-from tether_kit.logs import JsonLogger
-
-from .web import Rejection, ws_rejection
 
 # After the session closed the socket: how long to wait for the client's close reply (the
 # closing handshake) while draining what it still sends.  Hypercorn's queue towards the app
@@ -186,58 +178,4 @@ class AsgiWebsocket:
             return  # the client never answered; Hypercorn closes the socket when the app returns
 
 
-WsRoute = Callable[[AsgiWebsocket], Rejection | Coroutine[Any, Any, None]]
-"""Called before accept: a :class:`Rejection` refuses the upgrade; a coroutine is the session, which
-the dispatch awaits once it has accepted (returned, not awaited, by the route: a frame fewer per session)."""
-
-
-class WebsocketQuart(Quart):
-    """Quart for HTTP and lifespan; WebSocket scopes are served here on ASGI, never by Quart.
-
-    The dispatch is ``__call__`` itself rather than a wrapper around ``asgi_app``: Hypercorn
-    calls the app object, so a wrapper would keep one more coroutine frame alive per session.
-    """
-
-    def __init__(self, import_name: str, *, log: JsonLogger, catalogue: Catalogue) -> None:
-        super().__init__(import_name)
-        self._ws_log = log
-        self._ws_catalogue = catalogue
-        self._ws_routes: dict[str, WsRoute] = {}
-
-    def websocket_route(self, path: str, route: WsRoute) -> None:
-        """Serve WebSocket upgrades to ``path`` (an exact match) with ``route``."""
-        self._ws_routes[path] = route
-
-    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        if scope["type"] != "websocket":
-            await self.asgi_app(scope, receive, send)
-            return
-        log, catalogue = self._ws_log, self._ws_catalogue
-        ws = AsgiWebsocket(scope, receive, send)
-        route = self._ws_routes.get(scope["path"])
-        try:
-            if route is None:
-                missing = TetherError("http_not_found", f"no WebSocket endpoint at {scope['path'][:100]}")
-                await ws.reject(*ws_rejection(log, missing, catalogue))
-                return
-            session = route(ws)
-            if isinstance(session, Rejection):
-                await ws.reject(*session)
-                return
-            try:
-                await ws.accept()
-            except BaseException:
-                session.close()  # never started: no "coroutine was never awaited"
-                raise
-            await session
-        except Exception as exc:  # a bug outside Connection (which logs and closes its own failures)
-            log.exception("ws_internal_error", exc, path=scope["path"][:100])
-            if not ws.accepted:
-                await ws.reject(*ws_rejection(log, TetherError("internal_error", "unexpected server error"), catalogue))
-                return
-            if not ws.close_sent and not ws.gone:
-                await ws.close(1011, "internal_error")
-        await ws.finish()
-
-
-__all__ = ["CLOSE_HANDSHAKE_S", "AsgiWebsocket", "ScopeHeaders", "WebsocketQuart", "WsRoute"]
+__all__ = ["CLOSE_HANDSHAKE_S", "AsgiWebsocket", "ScopeHeaders"]

@@ -1,9 +1,14 @@
-"""One WebSocket connection: the Quart handler around :class:`~tether_session.protocol.SessionMachine`.
+"""One WebSocket connection: the I/O around :class:`~tether_session.protocol.SessionMachine`.
+
+This layer only feeds what happened into the machine and the rules
+(:mod:`tether_session.protocol`) and carries out their answers; every decision (admission,
+per-user cap, token binding, resume cursor, lifetime, which close for which failure) is
+made there.  What the connection uses of its replica is the narrow :class:`SessionHost`.
 
 Error handling: every failure, on every path, ends in :meth:`Connection._fail`, which
 sends the catalogue's ``error`` frame, closes with its code, and leaves the reason for
 the single ``ws_close`` log line written in ``finally`` (F01).  A client that goes away
-cancels the handler (Quart does); ``finally`` still runs.
+cancels the handler; ``finally`` still runs.
 
 Resource handling: the reader runs in an ``asyncio.TaskGroup`` owned by the handler and
 the writer in the handler's own task, inside that group; when one fails the other is
@@ -16,46 +21,74 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import random
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tether_kit import logs
-from tether_kit.errors import DependencyUnavailable, TetherError
+from tether_kit.db import Database
+from tether_kit.errors import DependencyUnavailable
+from tether_kit.logs import JsonLogger
 
 from . import store
 from .asgi_ws import AsgiWebsocket
 from .auth_client import Consumed
-from .fanout import chunk_frames
-from .protocol import SessionError, SessionMachine, State, TokenBucket
+from .config import Config
+from .fanout import Feed, Hub, Subscriber, chunk_frames
+from .frames import Frames
+from .metrics import Metrics
+from .protocol import Rules, SessionError, SessionMachine, SessionState, TokenBucket, resume_cursor
+from .replica import Replica
 
-if TYPE_CHECKING:
-    from .app import State as AppState
-    from .fanout import Feed, Subscriber
+
+class TokenConsumer(Protocol):
+    async def consume(self, token: str, *, request_id: str) -> Consumed: ...
+
+
+class PromptPublisher(Protocol):
+    async def publish_prompt(self, project_id: uuid.UUID, event: store.NewEvent, text: str) -> store.Appended: ...
+
+
+class SessionHost(Protocol):
+    """What a connection uses of the replica that serves it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def log(self) -> JsonLogger: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def frames(self) -> Frames: ...
+    @property
+    def rules(self) -> Rules: ...
+    @property
+    def replica(self) -> Replica: ...
+    @property
+    def db(self) -> Database: ...
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def auth(self) -> TokenConsumer: ...
+    @property
+    def publisher(self) -> PromptPublisher: ...
 
 
 def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
-def jitter_ms(low: int, high: int) -> int:
-    return random.randint(low, max(low, high))
-
-
 class Connection:
-    def __init__(self, st: AppState, ws: AsgiWebsocket) -> None:
-        self.st = st
+    def __init__(self, host: SessionHost, ws: AsgiWebsocket) -> None:
+        self.host = host
         self.ws = ws
         self.id = "c" + uuid.uuid4().hex[:20]
-        self.machine = SessionMachine(st.close_catalogue)
+        self.machine = SessionMachine(host.rules.catalogue)
         self.user_id: uuid.UUID | None = None
         self.project: store.Project | None = None
         self.cursor = 0
-        self.acked = 0
-        self.expires_at = 0.0
         self.forced: SessionError | None = None
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Task[None] | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         self.close_level = "info"
@@ -69,27 +102,28 @@ class Connection:
 
     # -- entry point ---------------------------------------------------------------------
     async def run(self) -> None:
-        st = self.st
+        host = self.host
         started = time.perf_counter()
         self.task = asyncio.current_task()
-        st.connections[self.id] = self
-        st.metrics.connections_open.inc()
-        log_context = logs.enter(connection_id=self.id, replica=st.config.replica)
+        host.replica.register(self)
+        host.metrics.connections_open.inc()
+        log_context = logs.enter(connection_id=self.id, replica=host.config.replica)
         try:
-            st.log.info("ws_open", origin=self.ws.headers.get("Origin"), remote=self.ws.headers.get("Remote-Addr"))
+            host.log.info("ws_open", origin=self.ws.headers.get("Origin"), remote=self.ws.headers.get("Remote-Addr"))
             try:
                 await self._guarded()
             finally:
                 self._release()
-                st.connections.pop(self.id, None)
-                st.metrics.connections_open.dec()
+                host.replica.unregister(self)
+                host.metrics.connections_open.dec()
                 code = self.close_code
-                st.metrics.closes.labels(str(code) if code else "client", self.close_reason or "client_closed").inc()
-                st.log.log(
+                reason = self.close_reason or "client_closed"
+                host.metrics.closes.labels(str(code) if code else "client", reason).inc()
+                host.log.log(
                     self.close_level,
                     "ws_close",
                     code=code,
-                    reason=self.close_reason or "client_closed",
+                    reason=reason,
                     client_close_code=self.ws.scope.get("tether.client_close_code"),
                     state=self.machine.state.value,
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
@@ -111,14 +145,7 @@ class Connection:
         except SessionError as err:
             await self._fail(err)
         except DependencyUnavailable as err:
-            await self._fail(
-                SessionError(
-                    "database_unavailable" if err.dependency == "postgres" else "auth_unavailable",
-                    err.detail,
-                    retry_after_ms=jitter_ms(500, 2000),
-                    log_fields={"dependency": err.dependency},
-                )
-            )
+            await self._fail(self.host.rules.dependency_failure(err.dependency, err.detail))
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self.forced is not None and task is not None and task.cancelling() <= 1 and self.machine.is_live:
@@ -128,7 +155,7 @@ class Connection:
             self.machine.client_closed()
             raise
         except Exception as exc:
-            self.st.log.exception("ws_internal_error", exc)
+            self.host.log.exception("ws_internal_error", exc)
             if self.machine.is_live:
                 await self._fail(SessionError("internal_error", "unexpected server error"))
 
@@ -143,7 +170,7 @@ class Connection:
             else:
                 leaves.append(exc)
         for other in leaves[1:]:
-            self.st.log.warning("ws_concurrent_error", error=f"{type(other).__name__}: {other}"[:300])
+            self.host.log.warning("ws_concurrent_error", error=f"{type(other).__name__}: {other}"[:300])
         return leaves[0]
 
     def force_close(self, error: SessionError) -> None:
@@ -159,10 +186,10 @@ class Connection:
         self.close_reason = error.name
         self.close_level = plan.level
         if self.project is None:
-            self.st.metrics.connects.labels(f"refused:{error.name}").inc()
+            self.host.metrics.connects.labels(f"refused:{error.name}").inc()
         # Two steps, each bounded: a frame that times out behind data the peer has not read
         # (slow_consumer) is still queued, and the close with our code must follow it; without
-        # the second step Quart would close with 1000 once the handler returns.
+        # the second step the dispatch would close with 1000 once the handler returns.
         for step in ("error_frame", "close"):
             try:
                 async with asyncio.timeout(1.0):
@@ -171,73 +198,39 @@ class Connection:
                     else:
                         await self.ws.close(plan.close_code, error.name)
             except (TimeoutError, OSError) as exc:
-                self.st.log.warning("ws_close_send_failed", code=plan.close_code, reason=type(exc).__name__, step=step)
+                self.host.log.warning(
+                    "ws_close_send_failed", code=plan.close_code, reason=type(exc).__name__, step=step
+                )
         self.machine.close_sent()
 
     def _release(self) -> None:
         if self._feed is not None and self._sub is not None:
-            self.st.hub.unsubscribe(self._feed, self._sub)
+            self.host.hub.unsubscribe(self._feed, self._sub)
             self._feed = self._sub = None
         if self._counted_user and self.user_id is not None:
-            left = self.st.user_connections.get(self.user_id, 1) - 1
-            if left > 0:
-                self.st.user_connections[self.user_id] = left
-            else:
-                self.st.user_connections.pop(self.user_id, None)
+            self.host.replica.remove_user(self.user_id)
             self._counted_user = False
 
     # -- I/O helpers --------------------------------------------------------------------
     async def _send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send(self.st.frames.encode(frame))
-        self.st.metrics.frames_out.labels(frame["type"]).inc()
+        await self.ws.send(self.host.frames.encode(frame))
+        self.host.metrics.frames_out.labels(frame["type"]).inc()
 
     async def _receive(self) -> dict[str, Any]:
-        deadline = self.machine.deadline_ms(
-            init_timeout_ms=self.st.config.init_timeout_ms, heartbeat_timeout_ms=self.st.config.heartbeat_timeout_ms
-        )
-        timeout = deadline / 1000 if deadline else None
-        expiring = False
-        if self.machine.state is State.READY:
-            # The session lifetime shares this timer (no task of its own: memory per session).
-            remaining = self.expires_at - time.monotonic()
-            if timeout is None or remaining < timeout:
-                timeout, expiring = max(0.0, remaining), True
+        timeout, expiring = self.machine.receive_deadline(time.monotonic(), self.host.rules.limits)
         try:
             async with asyncio.timeout(timeout):
                 raw = await self.ws.receive()
         except TimeoutError:
-            if expiring:
-                raise SessionError(
-                    "session_expired", "the session was not renewed with a reauth frame in time"
-                ) from None
-            raise self.machine.timeout_error() from None
-        frame = self.st.frames.parse(raw, max_bytes=self.st.config.max_frame_bytes)
-        self.st.metrics.frames_in.labels(frame["type"]).inc()
+            raise self.machine.timeout_error(expiring) from None
+        frame = self.host.frames.parse(raw, max_bytes=self.host.config.max_frame_bytes)
+        self.host.metrics.frames_in.labels(frame["type"]).inc()
         self.machine.receive(frame["type"])
         return frame
 
     # -- the session --------------------------------------------------------------------
     async def _session(self) -> None:
-        st = self.st
-        if not st.startup.is_ready:
-            try:
-                async with asyncio.timeout(st.config.startup_wait_ms / 1000):
-                    await st.startup.ready.wait()
-            except TimeoutError:
-                raise SessionError("starting_up", retry_after_ms=jitter_ms(500, 2000)) from None
-        if st.draining:
-            raise SessionError("draining", retry_after_ms=jitter_ms(100, st.config.drain_window_ms))
-        if len(st.connections) > st.config.max_connections:
-            raise SessionError(
-                "overloaded",
-                f"replica holds {st.config.max_connections} connections",
-                retry_after_ms=jitter_ms(1000, 5000),
-            )
-        if not st.ip_bucket(self.ws.headers.get("Remote-Addr", "?")).take(time.monotonic()):
-            st.metrics.rate_limited.labels("connects_per_ip").inc()
-            raise SessionError(
-                "rate_limited", "too many connection attempts from this address", retry_after_ms=jitter_ms(1000, 5000)
-            )
+        await self.host.replica.admit(self.ws.headers.get("Remote-Addr", "?"))
         await self._authenticate(await self._receive())  # the INIT dict is not kept for the session
         async with asyncio.TaskGroup() as group:
             group.create_task(self._reader(), name=f"{self.id}-reader")
@@ -245,19 +238,18 @@ class Connection:
 
     async def _consume(self, token: str) -> Consumed:
         request_id = f"{self.id}-{uuid.uuid4().hex[:8]}"
-        return await self.st.auth.consume(token, request_id=request_id)
+        return await self.host.auth.consume(token, request_id=request_id)
 
     async def _authenticate(self, init: dict[str, Any]) -> None:
-        st = self.st
+        host, rules = self.host, self.host.rules
         consumed = await self._consume(init["token"])
         user_id = self.user_id = consumed.user_id
         logs.bind(user_id=str(user_id), client_id=init["client_id"])
-        if st.user_connections.get(user_id, 0) >= st.config.max_connections_per_user:
-            raise SessionError("too_many_connections", retry_after_ms=jitter_ms(1000, 5000))
-        st.user_connections[user_id] = st.user_connections.get(user_id, 0) + 1
+        host.replica.add_user(user_id)
         self._counted_user = True
         wanted = init["project"]
-        async with st.db.connection() as conn:
+        resume_from: int | None = init.get("resume_from")
+        async with host.db.connection() as conn:
             if "id" in wanted:
                 project = await store.project_by_id(conn, user_id, uuid.UUID(wanted["id"]))
             else:
@@ -265,57 +257,44 @@ class Connection:
             if project is None:
                 raise SessionError("project_not_found", log_fields={"requested": wanted})
             logs.bind(project_id=str(project.id))
-            if consumed.project_id is not None and consumed.project_id != project.id:
-                raise SessionError("forbidden", "this token is bound to another project")
-            resume_from = init.get("resume_from")
-            if resume_from is not None:
-                if resume_from > project.last_seq:
-                    raise SessionError(
-                        "resume_unavailable",
-                        f"resume_from {resume_from} is beyond the log's last seq {project.last_seq}",
-                    )
-                first = await store.first_seq(conn, project.id)
-                if first is not None and resume_from < first - 1:
-                    raise SessionError("resume_unavailable", f"events before seq {first} are no longer retained")
+            refusal = rules.token_binding(consumed.project_id, project.id)
+            if refusal is not None:
+                raise refusal
+            first = await store.first_seq(conn, project.id) if resume_from is not None else None
+        self.cursor = resume_cursor(resume_from, project.last_seq, first)
         self.project = project
         self.batch = bool(init.get("batch", False))
-        self._feed, self._sub = st.hub.subscribe(project.id, self.id)
-        self.cursor = resume_from if resume_from is not None else project.last_seq
-        self.expires_at = time.monotonic() + st.config.session_lifetime_s
-        self.machine.authenticated()
-        st.metrics.connects.labels("ready").inc()
+        self._feed, self._sub = host.hub.subscribe(project.id, self.id)
+        self.machine.authenticated(time.monotonic(), host.config.session_lifetime_s)
+        host.metrics.connects.labels("ready").inc()
         if resume_from is not None:
-            st.metrics.resumes.inc()
-        await self._send(
-            {
-                "type": "ready",
-                "v": 1,
-                "session_id": str(uuid.uuid4()),
-                "connection_id": self.id,
-                "project": {"id": str(project.id), "slug": project.slug, "name": project.name},
-                "last_seq": project.last_seq,
-                "resume_from": self.cursor,
-                "batch": self.batch,
-                "heartbeat": {
-                    "interval_ms": st.config.heartbeat_interval_ms,
-                    "timeout_ms": st.config.heartbeat_timeout_ms,
-                },
-                "session_expires_at": self._expires_iso(),
-                "server_time": _now_iso(),
-                "limits": {
-                    "max_frame_bytes": st.config.max_frame_bytes,
-                    "prompts_per_minute": st.config.prompts_per_minute,
-                },
-            }
-        )
-        st.log.info("ws_ready", resume_from=resume_from, last_seq=project.last_seq)
+            host.metrics.resumes.inc()
+        await self._send(self._ready_frame(project))
+        host.log.info("ws_ready", resume_from=resume_from, last_seq=project.last_seq)
+
+    def _ready_frame(self, project: store.Project) -> dict[str, Any]:
+        config = self.host.config
+        return {
+            "type": "ready",
+            "v": 1,
+            "session_id": str(uuid.uuid4()),
+            "connection_id": self.id,
+            "project": {"id": str(project.id), "slug": project.slug, "name": project.name},
+            "last_seq": project.last_seq,
+            "resume_from": self.cursor,
+            "batch": self.batch,
+            "heartbeat": {"interval_ms": config.heartbeat_interval_ms, "timeout_ms": config.heartbeat_timeout_ms},
+            "session_expires_at": self._expires_iso(),
+            "server_time": _now_iso(),
+            "limits": {"max_frame_bytes": config.max_frame_bytes, "prompts_per_minute": config.prompts_per_minute},
+        }
 
     def _expires_iso(self) -> str:
-        remaining = self.expires_at - time.monotonic()
+        remaining = self.machine.expires_at - time.monotonic()
         return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=remaining)).isoformat()
 
     async def _reader(self) -> None:
-        st = self.st
+        host = self.host
         assert self.project is not None
         while True:
             frame = await self._receive()
@@ -325,32 +304,32 @@ class Connection:
                 if "nonce" in frame:
                     pong["nonce"] = frame["nonce"]
                 await self._send(pong)
-            elif kind == "ack":
-                self.acked = max(self.acked, min(frame["seq"], self.cursor))
             elif kind == "prompt":
                 await self._prompt(frame)
             elif kind == "reauth":
+                assert self.user_id is not None
                 consumed = await self._consume(frame["token"])
-                if consumed.user_id != self.user_id or consumed.project_id not in (None, self.project.id):
-                    raise SessionError("forbidden", "the reauth token is for another user or project")
-                self.expires_at = time.monotonic() + st.config.session_lifetime_s
+                refusal = host.rules.reauth(consumed.user_id, consumed.project_id, self.user_id, self.project.id)
+                if refusal is not None:
+                    raise refusal
+                self.machine.renewed(time.monotonic(), host.config.session_lifetime_s)
                 await self._send({"type": "reauth_ok", "v": 1, "session_expires_at": self._expires_iso()})
-                st.log.info("ws_reauth")
+                host.log.info("ws_reauth")
+            # an ``ack`` is counted in frames_in and needs nothing else (see frames/ack.json)
 
     async def _prompt(self, frame: dict[str, Any]) -> None:
-        st = self.st
+        host = self.host
         assert self.project is not None
         if self.bucket is None:
-            per_minute = st.config.prompts_per_minute
-            self.bucket = TokenBucket(per_minute / 60, max(1.0, per_minute / 6))
+            self.bucket = TokenBucket.per_minute(host.config.prompts_per_minute)
         if not self.bucket.take(time.monotonic()):
-            st.metrics.rate_limited.labels("prompts").inc()
+            host.metrics.rate_limited.labels("prompts").inc()
             raise SessionError("rate_limited", retry_after_ms=self.bucket.retry_after_ms())
         msg_id = frame["client_msg_id"]
         event = store.NewEvent(
             f"prompt-{msg_id}", "prompt", {"text": frame["text"], "client_msg_id": msg_id, "user_id": str(self.user_id)}
         )
-        result = await st.publish_prompt(self.project.id, event, frame["text"])
+        result = await host.publisher.publish_prompt(self.project.id, event, frame["text"])
         await self._send(
             {"type": "prompt_ack", "v": 1, "client_msg_id": msg_id, "seq": result.seq, "duplicate": result.duplicate}
         )
@@ -361,26 +340,20 @@ class Connection:
         Frames are encoded once per event (and once per batch for every subscriber at the
         same cursor); each round of frames is written under one send deadline.
         """
-        st = self.st
+        host = self.host
         assert self._feed is not None
         assert self._sub is not None
         assert self.project is not None
         feed, sub, batch = self._feed, self._sub, self.batch
-        send_timeout = st.config.send_timeout_ms / 1000
-        frames_out = st.metrics.frames_out.labels("events" if batch else "event")
+        send_timeout = host.config.send_timeout_ms / 1000
+        frames_out = host.metrics.frames_out.labels("events" if batch else "event")
         send = self.ws.send
         while True:
             sub.wake.clear()
             chunks = feed.chunks_after(self.cursor) if batch else feed.frames_after(self.cursor)
             replay = chunks is None
             if chunks is None:
-                async with st.db.connection() as conn:
-                    events = await store.read_events(conn, self.project.id, self.cursor, st.config.replay_page)
-                if events and (events[0].seq != self.cursor + 1 or events[-1].seq != self.cursor + len(events)):
-                    raise SessionError("internal_error", f"log gap after seq {self.cursor}")
-                chunks = [(e.seq, st.frames.encode_event(e)) for e in events]
-                if batch and chunks:
-                    chunks = chunk_frames(chunks, st.frames.encode_batch)
+                chunks = await self._read_log()
             if not chunks:
                 await sub.wake.wait()
                 continue
@@ -391,28 +364,30 @@ class Connection:
                         await send(text)
                         self.cursor = last_seq
             except TimeoutError:
-                st.metrics.slow_consumers.inc()
+                host.metrics.slow_consumers.inc()
                 raise SessionError(
-                    "slow_consumer", f"a send blocked for more than {st.config.send_timeout_ms} ms"
+                    "slow_consumer", f"a send blocked for more than {host.config.send_timeout_ms} ms"
                 ) from None
             count = self.cursor - before
             self.delivered += count
             frames_out.inc(len(chunks))
-            st.metrics.delivered.inc(count)
+            host.metrics.delivered.inc(count)
             if replay:
                 self.replayed += count
-                st.metrics.replayed.inc(count)
+                host.metrics.replayed.inc(count)
+
+    async def _read_log(self) -> list[tuple[int, str]]:
+        """The next page of the log after the cursor, as frames (catch-up, or a feed cache miss)."""
+        host = self.host
+        assert self.project is not None
+        async with host.db.connection() as conn:
+            events = await store.read_events(conn, self.project.id, self.cursor, host.config.replay_page)
+        if events and (events[0].seq != self.cursor + 1 or events[-1].seq != self.cursor + len(events)):
+            raise SessionError("internal_error", f"log gap after seq {self.cursor}")
+        chunks = [(e.seq, host.frames.encode_event(e)) for e in events]
+        if self.batch and chunks:
+            chunks = chunk_frames(chunks, host.frames.encode_batch)
+        return chunks
 
 
-def origin_refusal(st: AppState, origin: str | None) -> TetherError | None:
-    """The Origin check done before accept (F07): None when the origin may connect."""
-    if origin is None:
-        if st.config.require_origin:
-            return TetherError("origin_not_allowed", "an Origin header is required")
-        return None
-    if origin in st.config.allowed_origins:
-        return None
-    return TetherError("origin_not_allowed", f"origin {origin[:100]} is not allowed")
-
-
-__all__ = ["Connection", "State", "origin_refusal"]
+__all__ = ["Connection", "SessionHost", "SessionState"]

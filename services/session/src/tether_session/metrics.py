@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
-
-if TYPE_CHECKING:
-    from .app import State
 
 
 class Metrics:
@@ -44,13 +39,10 @@ class Metrics:
             "tether_listen_reconnects", "LISTEN connection re-establishments", registry=registry
         )
         self.agent_tasks = Gauge("tether_agent_tasks", "Agent answers in progress", registry=registry)
-        self.db_pool = Gauge("tether_db_pool_connections", "Database pool connections", ["state"], registry=registry)
 
-    def observe(self, st: State) -> None:
+    def observe(self, *, subscribers: int, feeds: int, listen_reconnects: int, agent_tasks: int) -> None:
         """Refresh the gauges that are read from live state at scrape time."""
-        self.subscribers.set(st.hub.subscriber_count)
-        self.feeds.set(len(st.hub.feeds))
-        self.listen_reconnects.set(st.listener.reconnects)
-        self.agent_tasks.set(len(st.agents.tasks))
-        for key, value in st.db.stats().items():
-            self.db_pool.labels(key).set(value)
+        self.subscribers.set(subscribers)
+        self.feeds.set(feeds)
+        self.listen_reconnects.set(listen_reconnects)
+        self.agent_tasks.set(agent_tasks)

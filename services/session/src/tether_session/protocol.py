@@ -1,7 +1,9 @@
-"""The session lifecycle as an explicit state machine.  No I/O, no clock, no sockets.
+"""The session lifecycle and every session rule, as data and pure functions.  No I/O, no clock, no sockets.
 
 States and the inputs that move between them are tables (the idea of h11's
-``_state.py``); the WebSocket handler feeds inputs in and acts on what comes out::
+``_state.py``); the WebSocket handler (:mod:`tether_session.connection`) feeds inputs in
+and carries out what comes back, as python-websockets' ``protocol.py`` sits under its
+asyncio layer::
 
     AWAITING_INIT --init--> AUTHENTICATING --auth_ok--> READY --(prompt|ack|ping|reauth)--> READY
           |                       |                       |
@@ -11,19 +13,31 @@ States and the inputs that move between them are tables (the idea of h11's
 An input the table does not allow raises :class:`SessionError` ``unexpected_frame``
 naming both the state and the input (as wsproto does).  Every failure maps to one
 entry of the close-code catalogue (``contracts/session/close-codes.json``): the
-:class:`ClosePlan` says which error frame to send and which close code to use.
+:class:`ClosePlan` says which error frame to send, which close code to use and at which
+level the close is logged (the catalogue's ``log_level``).
+
+The rules that decide *whether* a session may go on live here too, each a function of
+plain values that the caller measured: admission of a new connection
+(:data:`ADMISSION_CHECKS`, in order), the per-user cap, a token bound to another
+project, the resume cursor, the session lifetime and heartbeat deadlines, and which
+close a dependency failure gets (:data:`DEPENDENCY_CLOSES`).  Randomness (the jitter of
+``retry_after_ms``) comes from a :class:`random.Random` the caller owns, so tests can
+seed it.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import random
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
-class State(enum.Enum):
+class SessionState(enum.Enum):
     AWAITING_INIT = "awaiting_init"
     AUTHENTICATING = "authenticating"
     READY = "ready"
@@ -45,18 +59,18 @@ class Input(enum.Enum):
 
 FRAME_INPUTS = {i.value: i for i in (Input.INIT, Input.PROMPT, Input.ACK, Input.PING, Input.REAUTH)}
 
-_LIVE = (State.AWAITING_INIT, State.AUTHENTICATING, State.READY)
+_LIVE = (SessionState.AWAITING_INIT, SessionState.AUTHENTICATING, SessionState.READY)
 
-TRANSITIONS: dict[tuple[State, Input], State] = {
-    (State.AWAITING_INIT, Input.INIT): State.AUTHENTICATING,
-    (State.AUTHENTICATING, Input.AUTH_OK): State.READY,
-    (State.READY, Input.PROMPT): State.READY,
-    (State.READY, Input.ACK): State.READY,
-    (State.READY, Input.PING): State.READY,
-    (State.READY, Input.REAUTH): State.READY,
-    **{(s, Input.FAILURE): State.CLOSING for s in _LIVE},
-    **{(s, Input.CLIENT_CLOSED): State.CLOSED for s in (*_LIVE, State.CLOSING)},
-    (State.CLOSING, Input.CLOSE_SENT): State.CLOSED,
+TRANSITIONS: dict[tuple[SessionState, Input], SessionState] = {
+    (SessionState.AWAITING_INIT, Input.INIT): SessionState.AUTHENTICATING,
+    (SessionState.AUTHENTICATING, Input.AUTH_OK): SessionState.READY,
+    (SessionState.READY, Input.PROMPT): SessionState.READY,
+    (SessionState.READY, Input.ACK): SessionState.READY,
+    (SessionState.READY, Input.PING): SessionState.READY,
+    (SessionState.READY, Input.REAUTH): SessionState.READY,
+    **{(s, Input.FAILURE): SessionState.CLOSING for s in _LIVE},
+    **{(s, Input.CLIENT_CLOSED): SessionState.CLOSED for s in (*_LIVE, SessionState.CLOSING)},
+    (SessionState.CLOSING, Input.CLOSE_SENT): SessionState.CLOSED,
 }
 
 
@@ -68,6 +82,8 @@ class CloseCode:
     retryable: bool
     action: str
     message: str
+    cause: str
+    log_level: str
 
 
 class CloseCatalogue:
@@ -81,6 +97,8 @@ class CloseCatalogue:
         for entry in entries:
             if not 4000 <= entry.code <= 4999:
                 raise ValueError(f"close code {entry.code} outside 4000-4999")
+            if entry.log_level not in ("warning", "error"):
+                raise ValueError(f"close code {entry.name}: log_level must be warning or error")
 
     @classmethod
     def load(cls, path: Path) -> CloseCatalogue:
@@ -108,24 +126,167 @@ class SessionError(Exception):
 class ClosePlan:
     close_code: int
     frame: dict[str, Any]
-    level: str  # log level of the close line: warning for client causes, error for ours
+    level: str  # the catalogue entry's log_level
 
 
-# Failures caused by the server side are logged at error level; the rest at warning.
-_SERVER_SIDE = frozenset({"internal_error", "auth_unavailable", "database_unavailable", "overloaded"})
+# -- rules -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The configured bounds the rules apply (from the service's Config)."""
+
+    max_connections: int
+    max_connections_per_user: int
+    init_timeout_ms: int
+    heartbeat_timeout_ms: int
+    session_lifetime_s: float
+    drain_window_ms: int
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the replica measured when a connection arrived (after its bounded wait for readiness)."""
+
+    ready: bool
+    draining: bool
+    open_connections: int
+    ip_allowed: bool
+
+
+@dataclass(frozen=True)
+class AdmissionCheck:
+    """One admission rule: when ``refuses`` holds, the connection is closed with ``name``."""
+
+    name: str
+    refuses: Callable[[Admission, Limits], bool]
+    detail: str
+    retry_after_ms: Callable[[Limits], tuple[int, int]]  # the jitter range
+
+
+ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = (
+    AdmissionCheck("starting_up", lambda a, _l: not a.ready, "the replica is starting up", lambda _l: (500, 2000)),
+    AdmissionCheck(
+        "draining", lambda a, _l: a.draining, "the replica is draining", lambda lim: (100, lim.drain_window_ms)
+    ),
+    AdmissionCheck(
+        "overloaded",
+        lambda a, lim: a.open_connections > lim.max_connections,
+        "the replica holds its maximum number of connections",
+        lambda _l: (1000, 5000),
+    ),
+    AdmissionCheck(
+        "rate_limited",
+        lambda a, _l: not a.ip_allowed,
+        "too many connection attempts from this address",
+        lambda _l: (1000, 5000),
+    ),
+)
+"""Checked in this order when a connection arrives; the first that refuses closes it."""
+
+DEPENDENCY_CLOSES: dict[str, str] = {"postgres": "database_unavailable", "auth-token": "auth_unavailable"}
+"""Which catalogue entry a failed dependency gets (both retryable, with a jittered retry_after_ms)."""
+
+
+def jitter(rng: random.Random, low: int, high: int) -> int:
+    return rng.randint(low, max(low, high))
+
+
+class Rules:
+    """The session rules of one replica: pure, the caller passes what it measured."""
+
+    __slots__ = ("catalogue", "limits", "rng")
+
+    def __init__(self, catalogue: CloseCatalogue, limits: Limits, rng: random.Random | None = None) -> None:
+        self.catalogue = catalogue
+        self.limits = limits
+        self.rng = rng or random.Random()
+
+    def retry_after_ms(self, low: int, high: int) -> int:
+        return jitter(self.rng, low, high)
+
+    def admission(self, measured: Admission) -> SessionError | None:
+        for check in ADMISSION_CHECKS:
+            if check.refuses(measured, self.limits):
+                low, high = check.retry_after_ms(self.limits)
+                return SessionError(check.name, check.detail, retry_after_ms=self.retry_after_ms(low, high))
+        return None
+
+    def user_admission(self, open_for_user: int) -> SessionError | None:
+        if open_for_user >= self.limits.max_connections_per_user:
+            return SessionError(
+                "too_many_connections",
+                f"this user holds {open_for_user} connections on this replica",
+                retry_after_ms=self.retry_after_ms(1000, 5000),
+            )
+        return None
+
+    @staticmethod
+    def token_binding(token_project: uuid.UUID | None, project: uuid.UUID) -> SessionError | None:
+        if token_project is not None and token_project != project:
+            return SessionError("forbidden", "this token is bound to another project")
+        return None
+
+    @staticmethod
+    def reauth(
+        token_user: uuid.UUID, token_project: uuid.UUID | None, user: uuid.UUID, project: uuid.UUID
+    ) -> SessionError | None:
+        if token_user != user or token_project not in (None, project):
+            return SessionError("forbidden", "the reauth token is for another user or project")
+        return None
+
+    def dependency_failure(self, dependency: str, detail: str) -> SessionError:
+        return SessionError(
+            DEPENDENCY_CLOSES.get(dependency, "internal_error"),
+            detail,
+            retry_after_ms=self.retry_after_ms(500, 2000),
+            log_fields={"dependency": dependency},
+        )
+
+
+def origin_refusal(origin: str | None, allowed: frozenset[str], *, required: bool) -> str | None:
+    """Why a WebSocket upgrade from ``origin`` is refused before accept (F07), or None when it may connect."""
+    if origin is None:
+        return "an Origin header is required" if required else None
+    if origin in allowed:
+        return None
+    return f"origin {origin[:100]} is not allowed"
+
+
+def retention_gap(after: int, first_seq: int | None) -> str | None:
+    """Why the events after ``after`` cannot all be read (the log was pruned below them), or None."""
+    if first_seq is not None and after < first_seq - 1:
+        return f"events before seq {first_seq} are no longer retained"
+    return None
+
+
+def resume_cursor(resume_from: int | None, last_seq: int, first_seq: int | None) -> int:
+    """Where delivery starts: after ``resume_from`` when given (it must be inside the log), else at the head."""
+    if resume_from is None:
+        return last_seq
+    if resume_from > last_seq:
+        raise SessionError("resume_unavailable", f"resume_from {resume_from} is beyond the log's last seq {last_seq}")
+    gap = retention_gap(resume_from, first_seq)
+    if gap is not None:
+        raise SessionError("resume_unavailable", gap)
+    return resume_from
+
+
+# -- the machine -----------------------------------------------------------------------------------
 
 
 class SessionMachine:
-    """One connection's lifecycle.  Feed it inputs; it answers with states and close plans."""
+    """One connection's lifecycle.  Feed it inputs; it answers with states, deadlines and close plans."""
 
-    __slots__ = ("catalogue", "failure", "state")  # one per session: no instance dict
+    __slots__ = ("catalogue", "expires_at", "failure", "state")  # one per session: no instance dict
 
     def __init__(self, catalogue: CloseCatalogue) -> None:
         self.catalogue = catalogue
-        self.state = State.AWAITING_INIT
+        self.state = SessionState.AWAITING_INIT
         self.failure: SessionError | None = None
+        self.expires_at = 0.0  # monotonic seconds; set when authenticated, moved by reauth
 
-    def _move(self, event: Input) -> State:
+    def _move(self, event: Input) -> SessionState:
         target = TRANSITIONS.get((self.state, event))
         if target is None:
             raise SessionError(
@@ -135,15 +296,22 @@ class SessionMachine:
         self.state = target
         return target
 
-    def receive(self, frame_type: str) -> State:
+    def receive(self, frame_type: str) -> SessionState:
         """A schema-valid frame of ``frame_type`` arrived."""
         event = FRAME_INPUTS.get(frame_type)
         if event is None:
             raise SessionError("unexpected_frame", f"{frame_type!r} is not a client frame")
         return self._move(event)
 
-    def authenticated(self) -> State:
-        return self._move(Input.AUTH_OK)
+    def authenticated(self, now: float = 0.0, lifetime_s: float = 0.0) -> SessionState:
+        """The INIT's token and project checked out; the session lives ``lifetime_s`` from ``now``."""
+        state = self._move(Input.AUTH_OK)
+        self.expires_at = now + lifetime_s
+        return state
+
+    def renewed(self, now: float, lifetime_s: float) -> None:
+        """A reauth frame's token checked out: the lifetime starts again."""
+        self.expires_at = now + lifetime_s
 
     def fail(self, error: SessionError) -> ClosePlan:
         """The session must end because of ``error``: what to send and how to close."""
@@ -161,13 +329,13 @@ class SessionMachine:
         }
         if error.retry_after_ms is not None:
             frame["retry_after_ms"] = error.retry_after_ms
-        return ClosePlan(entry.code, frame, "error" if entry.name in _SERVER_SIDE else "warning")
+        return ClosePlan(entry.code, frame, entry.log_level)
 
-    def close_sent(self) -> State:
+    def close_sent(self) -> SessionState:
         return self._move(Input.CLOSE_SENT)
 
-    def client_closed(self) -> State:
-        if self.state is State.CLOSED:
+    def client_closed(self) -> SessionState:
+        if self.state is SessionState.CLOSED:
             return self.state
         return self._move(Input.CLIENT_CLOSED)
 
@@ -175,16 +343,21 @@ class SessionMachine:
     def is_live(self) -> bool:
         return self.state in _LIVE
 
-    def deadline_ms(self, *, init_timeout_ms: int, heartbeat_timeout_ms: int) -> int | None:
-        """How long the next receive may wait in the current state."""
-        if self.state is State.AWAITING_INIT:
-            return init_timeout_ms
-        if self.state is State.READY:
-            return heartbeat_timeout_ms
-        return None
+    def receive_deadline(self, now: float, limits: Limits) -> tuple[float | None, bool]:
+        """How long the next receive may wait (seconds, None: no bound) and whether that bound is the
+        session's lifetime (True) rather than the INIT or heartbeat deadline."""
+        if self.state is SessionState.AWAITING_INIT:
+            return limits.init_timeout_ms / 1000, False
+        if self.state is not SessionState.READY:
+            return None, False
+        heartbeat = limits.heartbeat_timeout_ms / 1000
+        remaining = max(0.0, self.expires_at - now)
+        return (remaining, True) if remaining < heartbeat else (heartbeat, False)
 
-    def timeout_error(self) -> SessionError:
-        if self.state is State.AWAITING_INIT:
+    def timeout_error(self, expiring: bool) -> SessionError:
+        if expiring:
+            return SessionError("session_expired", "the session was not renewed with a reauth frame in time")
+        if self.state is SessionState.AWAITING_INIT:
             return SessionError("init_timeout", "no init frame within the deadline")
         return SessionError("heartbeat_timeout", "no frame from the client within the heartbeat timeout")
 
@@ -197,6 +370,11 @@ class TokenBucket:
     burst: float
     tokens: float = -1.0
     updated: float = 0.0
+
+    @classmethod
+    def per_minute(cls, per_minute: int) -> TokenBucket:
+        """``per_minute`` on average, bursts of ten seconds' worth (at least one)."""
+        return cls(per_minute / 60, max(1.0, per_minute / 6))
 
     def take(self, now: float) -> bool:
         if self.tokens < 0:

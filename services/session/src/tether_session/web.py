@@ -55,6 +55,11 @@ def register(app: Quart, config: Config) -> None:
         }
         return Response(json.dumps(body), content_type="application/json")
 
+    @app.get("/v1/ws")
+    async def websocket_without_upgrade() -> Response:
+        """The WebSocket URL asked for as plain HTTP (its upgrades never reach Quart: see asgi)."""
+        raise TetherError("http_bad_request", "GET /v1/ws needs a WebSocket upgrade")
+
     @app.get("/demo/<path:name>")
     async def demo_asset(name: str) -> Response:
         target = (demo / name).resolve()
