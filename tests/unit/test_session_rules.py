@@ -77,7 +77,8 @@ def test_F10_each_admission_row_refuses_with_its_name_and_jittered_retry(rules: 
         refusal = rules.admission(dataclasses.replace(FINE, **TRIPS[check.name]))  # type: ignore[arg-type]
         assert refusal is not None
         assert refusal.name == check.name
-        assert refusal.retry_after_ms is not None and low <= refusal.retry_after_ms <= max(low, high)
+        assert refusal.retry_after_ms is not None
+        assert low <= refusal.retry_after_ms <= max(low, high)
         seen.add(refusal.retry_after_ms)
     assert len(seen) > 10, "retry_after_ms is spread, not synchronised"
 
@@ -87,13 +88,16 @@ def test_F10_the_earlier_admission_row_wins(rules: Rules, pair: tuple[int, int])
     first, second = (ADMISSION_CHECKS[i] for i in pair)
     both = dataclasses.replace(FINE, **TRIPS[first.name], **TRIPS[second.name])  # type: ignore[arg-type]
     refusal = rules.admission(both)
-    assert refusal is not None and refusal.name == first.name
+    assert refusal is not None
+    assert refusal.name == first.name
 
 
 def test_per_user_cap(rules: Rules) -> None:
     assert rules.user_admission(LIMITS.max_connections_per_user - 1) is None
     refusal = rules.user_admission(LIMITS.max_connections_per_user)
-    assert refusal is not None and refusal.name == "too_many_connections" and refusal.retry_after_ms
+    assert refusal is not None
+    assert refusal.name == "too_many_connections"
+    assert refusal.retry_after_ms
 
 
 @pytest.mark.parametrize("dependency", sorted(DEPENDENCY_CLOSES))
@@ -102,7 +106,8 @@ def test_F06_a_failed_dependency_gets_its_retryable_close(rules: Rules, dependen
     assert error.name == DEPENDENCY_CLOSES[dependency]
     assert rules.catalogue[error.name].retryable
     assert error.log_fields == {"dependency": dependency}
-    assert error.retry_after_ms is not None and 500 <= error.retry_after_ms <= 2000
+    assert error.retry_after_ms is not None
+    assert 500 <= error.retry_after_ms <= 2000
 
 
 def test_an_unknown_dependency_is_an_internal_error(rules: Rules) -> None:
@@ -114,12 +119,14 @@ def test_F03_token_binding_and_reauth() -> None:
     assert Rules.token_binding(None, project) is None
     assert Rules.token_binding(project, project) is None
     refusal = Rules.token_binding(other, project)
-    assert refusal is not None and refusal.name == "forbidden"
+    assert refusal is not None
+    assert refusal.name == "forbidden"
     assert Rules.reauth(user, None, user, project) is None
     assert Rules.reauth(user, project, user, project) is None
     for token_user, token_project in ((other_user, None), (user, other)):
         refusal = Rules.reauth(token_user, token_project, user, project)
-        assert refusal is not None and refusal.name == "forbidden"
+        assert refusal is not None
+        assert refusal.name == "forbidden"
 
 
 @pytest.mark.parametrize(
@@ -156,4 +163,5 @@ def test_F07_origin_rule() -> None:
     assert origin_refusal(None, allowed, required=False) is None
     assert origin_refusal(None, allowed, required=True) == "an Origin header is required"
     refusal = origin_refusal("https://evil.example" + "x" * 200, allowed, required=False)
-    assert refusal is not None and len(refusal) < 140
+    assert refusal is not None
+    assert len(refusal) < 140
