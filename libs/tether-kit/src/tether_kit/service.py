@@ -17,15 +17,18 @@ import asyncio
 import contextvars
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from quart import Quart, Response, request
 
 from . import logs
+from .contract import OpenApiContract
 from .db import Database, is_connectivity_error
-from .errors import DependencyUnavailable, TetherError
-from .http import bearer_token
+from .errors import Catalogue, DependencyUnavailable, TetherError
+from .http import HttpKit, bearer_token
 from .secrets import same_secret
 
 Check = Callable[[], Awaitable[bool]]
@@ -135,3 +138,57 @@ class Background:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
+
+
+@dataclass(frozen=True)
+class Core:
+    """The parts every service builds the same way in its app factory."""
+
+    http: Quart
+    log: logs.JsonLogger
+    registry: CollectorRegistry
+    db: Database
+    kit: HttpKit
+
+
+class CoreSettings(Protocol):
+    """The configuration every service has (each service's frozen ``Config`` provides it)."""
+
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def db_pool_max(self) -> int: ...
+    @property
+    def max_body_bytes(self) -> int: ...
+    @property
+    def cors_origins(self) -> frozenset[str]: ...
+    @property
+    def test_mode(self) -> bool: ...
+
+
+def build_core(
+    service: str,
+    import_name: str,
+    settings: CoreSettings,
+    *,
+    schema: str,
+    catalogue: Catalogue,
+    contract: Path,
+    allow_nul: bool = True,
+) -> Core:
+    log = logs.from_env(service)
+    registry = CollectorRegistry()
+    http = Quart(import_name)
+    http.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    kit = HttpKit(
+        http,
+        log=log,
+        catalogue=catalogue,
+        contract=OpenApiContract(contract),
+        registry=registry,
+        cors_origins=settings.cors_origins,
+        test_mode=settings.test_mode,
+        allow_nul=allow_nul,
+    )
+    db = Database(settings.database_url, schema=schema, max_size=settings.db_pool_max)
+    return Core(http=http, log=log, registry=registry, db=db, kit=kit)

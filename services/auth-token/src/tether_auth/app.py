@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter
 from quart import Quart, Response, current_app, request
 
 from tether_kit import logs, migrate
-from tether_kit.contract import OpenApiContract, check_routes
+from tether_kit.contract import check_routes
 from tether_kit.db import Connection, Database
 from tether_kit.errors import TetherError
 from tether_kit.http import HttpKit, bearer_token
@@ -22,6 +22,7 @@ from tether_kit.service import (
     add_metrics,
     add_readyz,
     authenticate_service,
+    build_core,
     database_check,
     json_response,
 )
@@ -60,31 +61,18 @@ def migrations() -> list[migrate.Migration]:
 
 def create_app(config: Config | None = None) -> Quart:
     config = config or Config.from_env()
-    log = logs.from_env(SERVICE)
-    contract = OpenApiContract(config.contract)
-    registry = CollectorRegistry()
-    app = Quart(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    db = Database(config.database_url, schema=SCHEMA, max_size=config.db_pool_max)
-    kit = HttpKit(
-        app,
-        log=log,
-        catalogue=CATALOGUE,
-        contract=contract,
-        registry=registry,
-        cors_origins=config.cors_origins,
-        test_mode=config.test_mode,
-    )
+    core = build_core(SERVICE, __name__, config, schema=SCHEMA, catalogue=CATALOGUE, contract=config.contract)
+    app, log, registry, db, kit = core.http, core.log, core.registry, core.db, core.kit
     all_migrations = migrations()
 
     startup = Startup(log, registry, database_phases(db, SCHEMA, all_migrations, log))
     st = State(
-        config=config,
-        log=log,
-        db=db,
-        kit=kit,
-        startup=startup,
-        registry=registry,
+        config,
+        log,
+        db,
+        kit,
+        startup,
+        registry,
         tokens_issued=Counter("tether_tokens_issued_total", "Connection tokens issued", registry=registry),
         token_consumes=Counter(
             "tether_token_consume_total", "Token consume attempts by outcome", ["outcome"], registry=registry
@@ -103,7 +91,7 @@ def create_app(config: Config | None = None) -> Quart:
     add_readyz(app, {"migrations": migrations_done, "postgres": database_check(db)})
     add_metrics(app, registry, db)
     _routes(app)
-    check_routes(app, contract, outside_contract=set())
+    check_routes(app, kit.contract, outside_contract=set())
     background = Background(log)
 
     @app.before_serving

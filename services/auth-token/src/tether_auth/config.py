@@ -5,14 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether_kit.config import (
-    contract_path,
-    env_bool,
-    env_int,
-    env_list,
-    env_pairs,
-    env_str,
-)
+from tether_kit import config as env
 
 
 @dataclass(frozen=True)
@@ -34,17 +27,17 @@ class Config:
     @classmethod
     def from_env(cls) -> Config:
         return cls(
-            database_url=env_str("DATABASE_URL"),
-            host=env_str("TETHER_AUTH_HOST", "127.0.0.1"),
-            port=env_int("TETHER_AUTH_PORT", 8001),
-            token_ttl_s=env_int("TETHER_TOKEN_TTL_S", 60),
-            web_session_ttl_s=env_int("TETHER_WEB_SESSION_TTL_S", 12 * 3600),
-            service_keys=env_pairs("TETHER_SERVICE_KEYS"),
-            cors_origins=frozenset(env_list("TETHER_CORS_ORIGINS")),
-            cookie_secure=env_bool("TETHER_COOKIE_SECURE", False),
-            max_body_bytes=env_int("TETHER_MAX_BODY_BYTES", 16 * 1024),
-            token_issue_per_minute=env_int("TETHER_TOKEN_ISSUE_PER_MINUTE", 120),
-            test_mode=env_bool("TETHER_TEST_MODE", False),
-            contract=contract_path("TETHER_AUTH_CONTRACT", "auth-token/openapi.json", Path(__file__)),
-            db_pool_max=env_int("TETHER_DB_POOL_MAX", 10),
+            database_url=env.env_str("DATABASE_URL"),
+            host=env.env_str("TETHER_AUTH_HOST", "127.0.0.1"),
+            port=env.env_int("TETHER_AUTH_PORT", 8001),
+            token_ttl_s=env.env_int("TETHER_TOKEN_TTL_S", 60),
+            web_session_ttl_s=env.env_int("TETHER_WEB_SESSION_TTL_S", 12 * 3600),
+            service_keys=env.env_pairs("TETHER_SERVICE_KEYS"),
+            cors_origins=frozenset(env.env_list("TETHER_CORS_ORIGINS")),
+            cookie_secure=env.env_bool("TETHER_COOKIE_SECURE", False),
+            max_body_bytes=env.env_int("TETHER_MAX_BODY_BYTES", 16 * 1024),
+            token_issue_per_minute=env.env_int("TETHER_TOKEN_ISSUE_PER_MINUTE", 120),
+            test_mode=env.env_bool("TETHER_TEST_MODE", False),
+            contract=env.contract_path("TETHER_AUTH_CONTRACT", "auth-token/openapi.json", Path(__file__)),
+            db_pool_max=env.env_int("TETHER_DB_POOL_MAX", 10),
         )

@@ -14,16 +14,13 @@ import functools
 from importlib import resources
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
 from quart import Quart
 
 from tether_kit import logs, migrate
-from tether_kit.contract import OpenApiContract, check_routes
-from tether_kit.db import Database
+from tether_kit.contract import check_routes
 from tether_kit.errors import DependencyUnavailable
-from tether_kit.http import HttpKit
 from tether_kit.lifecycle import Startup, database_phases
-from tether_kit.service import Background
+from tether_kit.service import Background, build_core
 
 from . import routes, web
 from .agent import AgentRunner, BuiltinAgent, WebhookAgent
@@ -97,23 +94,18 @@ def _rules(config: Config) -> Rules:
 
 def create_app(config: Config | None = None) -> SessionApp:
     config = config or Config.from_env()
-    log = logs.from_env(SERVICE)
-    contract = OpenApiContract(config.contracts_dir / "openapi.json")
-    frames = Frames(config.contracts_dir / "frames", validate_outgoing=config.test_mode)
-    registry = CollectorRegistry()
-    http = Quart(__name__)
-    http.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    db = Database(config.database_url, schema=SCHEMA, max_size=config.db_pool_max)
-    kit = HttpKit(
-        http,
-        log=log,
+    # allow_nul=False: names and event data go to text/json columns, which cannot hold U+0000
+    core = build_core(
+        SERVICE,
+        __name__,
+        config,
+        schema=SCHEMA,
         catalogue=CATALOGUE,
-        contract=contract,
-        registry=registry,
-        cors_origins=config.cors_origins,
-        test_mode=config.test_mode,
-        allow_nul=False,  # names and event data go to text/json columns, which cannot hold U+0000
+        contract=config.contracts_dir / "openapi.json",
+        allow_nul=False,
     )
+    http, log, registry, db, kit = core.http, core.log, core.registry, core.db, core.kit
+    frames = Frames(config.contracts_dir / "frames", validate_outgoing=config.test_mode)
     auth = AuthClient(
         config.auth_url,
         config.auth_service_key,
@@ -183,7 +175,7 @@ def create_app(config: Config | None = None) -> SessionApp:
     kit.add_common_routes()
     routes.register(http, deps)
     web.register(http, config)
-    check_routes(http, contract, outside_contract=web.RULES)
+    check_routes(http, kit.contract, outside_contract=web.RULES)
 
     @http.before_serving
     async def _start() -> None:

@@ -21,7 +21,7 @@ import json
 import random
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -38,14 +38,14 @@ _BATCH_MAX = 100  # the contract's maxItems
 _BATCH_BYTES = 8 * 1024
 
 
-@dataclass(frozen=True)
-class Consumed:
+class Consumed(NamedTuple):
+    """What a consumed connection token proves: whose it was, and the project it is bound to."""
+
     user_id: uuid.UUID
     project_id: uuid.UUID | None
 
 
-@dataclass(frozen=True)
-class AuthUser:
+class AuthUser(NamedTuple):
     id: uuid.UUID
     name: str
 

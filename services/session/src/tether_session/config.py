@@ -7,15 +7,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether_kit.config import (
-    contract_path,
-    env_bool,
-    env_float,
-    env_int,
-    env_list,
-    env_pairs,
-    env_str,
-)
+from tether_kit import config as env
 
 
 @dataclass(frozen=True)
@@ -64,53 +56,53 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
-        openapi = contract_path("TETHER_SESSION_CONTRACT", "session/openapi.json", Path(__file__))
-        port = env_int("TETHER_SESSION_PORT", 8002)
-        host = env_str("TETHER_SESSION_HOST", "127.0.0.1")
-        public_url = env_str("TETHER_PUBLIC_URL", f"http://{host}:{port}")
+        openapi = env.contract_path("TETHER_SESSION_CONTRACT", "session/openapi.json", Path(__file__))
+        port = env.env_int("TETHER_SESSION_PORT", 8002)
+        host = env.env_str("TETHER_SESSION_HOST", "127.0.0.1")
+        public_url = env.env_str("TETHER_PUBLIC_URL", f"http://{host}:{port}")
         web_default = Path(__file__).resolve().parents[4] / "clients" / "js"
         return cls(
-            database_url=env_str("DATABASE_URL"),
+            database_url=env.env_str("DATABASE_URL"),
             host=host,
             port=port,
-            auth_url=env_str("TETHER_AUTH_URL", "http://127.0.0.1:8001").rstrip("/"),
-            auth_service_key=env_str("TETHER_AUTH_SERVICE_KEY"),
-            ingest_keys=env_pairs("TETHER_INGEST_KEYS"),
+            auth_url=env.env_str("TETHER_AUTH_URL", "http://127.0.0.1:8001").rstrip("/"),
+            auth_service_key=env.env_str("TETHER_AUTH_SERVICE_KEY"),
+            ingest_keys=env.env_pairs("TETHER_INGEST_KEYS"),
             allowed_origins=frozenset(
-                env_list("TETHER_ALLOWED_ORIGINS", "http://127.0.0.1:8002,http://localhost:8002")
+                env.env_list("TETHER_ALLOWED_ORIGINS", "http://127.0.0.1:8002,http://localhost:8002")
             ),
-            require_origin=env_bool("TETHER_REQUIRE_ORIGIN", False),
-            cors_origins=frozenset(env_list("TETHER_CORS_ORIGINS")),
-            max_body_bytes=env_int("TETHER_MAX_BODY_BYTES", 1 << 20),
-            init_timeout_ms=env_int("TETHER_INIT_TIMEOUT_MS", 5000),
-            startup_wait_ms=env_int("TETHER_STARTUP_WAIT_MS", 3000),
-            heartbeat_interval_ms=env_int("TETHER_HEARTBEAT_INTERVAL_MS", 15000),
-            heartbeat_timeout_ms=env_int("TETHER_HEARTBEAT_TIMEOUT_MS", 45000),
-            max_frame_bytes=env_int("TETHER_MAX_FRAME_BYTES", 64 * 1024),
-            prompts_per_minute=env_int("TETHER_PROMPTS_PER_MINUTE", 120),
-            max_connections_per_user=env_int("TETHER_MAX_CONNECTIONS_PER_USER", 100),
-            session_lifetime_s=env_int("TETHER_SESSION_LIFETIME_S", 3600),
-            send_timeout_ms=env_int("TETHER_SEND_TIMEOUT_MS", 10000),
-            replay_page=env_int("TETHER_REPLAY_PAGE", 1000),
-            ws_deflate=env_bool("TETHER_WS_DEFLATE", False),
-            retention_events=env_int("TETHER_RETENTION_EVENTS", 0),
-            retention_interval_s=env_float("TETHER_RETENTION_INTERVAL_S", 30.0),
-            max_connections=env_int("TETHER_MAX_CONNECTIONS", 20000),
-            connects_per_ip_per_minute=env_int("TETHER_CONNECTS_PER_IP_PER_MINUTE", 600),
-            drain_window_ms=env_int("TETHER_DRAIN_WINDOW_MS", 2000),
-            drain_timeout_s=env_float("TETHER_DRAIN_TIMEOUT_S", 10.0),
-            agent_chunks=env_int("TETHER_AGENT_CHUNKS", 8),
-            agent_delay_ms=env_int("TETHER_AGENT_DELAY_MS", 25),
-            agent_url=env_str("TETHER_AGENT_URL", "builtin"),
-            agent_key=env_str("TETHER_AGENT_KEY", "builtin"),
-            agent_stale_s=env_float("TETHER_AGENT_STALE_S", 5.0),
+            require_origin=env.env_bool("TETHER_REQUIRE_ORIGIN", False),
+            cors_origins=frozenset(env.env_list("TETHER_CORS_ORIGINS")),
+            max_body_bytes=env.env_int("TETHER_MAX_BODY_BYTES", 1 << 20),
+            init_timeout_ms=env.env_int("TETHER_INIT_TIMEOUT_MS", 5000),
+            startup_wait_ms=env.env_int("TETHER_STARTUP_WAIT_MS", 3000),
+            heartbeat_interval_ms=env.env_int("TETHER_HEARTBEAT_INTERVAL_MS", 15000),
+            heartbeat_timeout_ms=env.env_int("TETHER_HEARTBEAT_TIMEOUT_MS", 45000),
+            max_frame_bytes=env.env_int("TETHER_MAX_FRAME_BYTES", 64 * 1024),
+            prompts_per_minute=env.env_int("TETHER_PROMPTS_PER_MINUTE", 120),
+            max_connections_per_user=env.env_int("TETHER_MAX_CONNECTIONS_PER_USER", 100),
+            session_lifetime_s=env.env_int("TETHER_SESSION_LIFETIME_S", 3600),
+            send_timeout_ms=env.env_int("TETHER_SEND_TIMEOUT_MS", 10000),
+            replay_page=env.env_int("TETHER_REPLAY_PAGE", 1000),
+            ws_deflate=env.env_bool("TETHER_WS_DEFLATE", False),
+            retention_events=env.env_int("TETHER_RETENTION_EVENTS", 0),
+            retention_interval_s=env.env_float("TETHER_RETENTION_INTERVAL_S", 30.0),
+            max_connections=env.env_int("TETHER_MAX_CONNECTIONS", 20000),
+            connects_per_ip_per_minute=env.env_int("TETHER_CONNECTS_PER_IP_PER_MINUTE", 600),
+            drain_window_ms=env.env_int("TETHER_DRAIN_WINDOW_MS", 2000),
+            drain_timeout_s=env.env_float("TETHER_DRAIN_TIMEOUT_S", 10.0),
+            agent_chunks=env.env_int("TETHER_AGENT_CHUNKS", 8),
+            agent_delay_ms=env.env_int("TETHER_AGENT_DELAY_MS", 25),
+            agent_url=env.env_str("TETHER_AGENT_URL", "builtin"),
+            agent_key=env.env_str("TETHER_AGENT_KEY", "builtin"),
+            agent_stale_s=env.env_float("TETHER_AGENT_STALE_S", 5.0),
             public_url=public_url.rstrip("/"),
-            public_auth_url=env_str("TETHER_PUBLIC_AUTH_URL", "http://127.0.0.1:8001").rstrip("/"),
-            public_ws_urls=env_list("TETHER_PUBLIC_WS_URLS", public_url.replace("http", "ws", 1) + "/v1/ws"),
-            test_mode=env_bool("TETHER_TEST_MODE", False),
-            record_auth_calls=env_str("TETHER_RECORD_AUTH_CALLS", "-"),
+            public_auth_url=env.env_str("TETHER_PUBLIC_AUTH_URL", "http://127.0.0.1:8001").rstrip("/"),
+            public_ws_urls=env.env_list("TETHER_PUBLIC_WS_URLS", public_url.replace("http", "ws", 1) + "/v1/ws"),
+            test_mode=env.env_bool("TETHER_TEST_MODE", False),
+            record_auth_calls=env.env_str("TETHER_RECORD_AUTH_CALLS", "-"),
             contracts_dir=openapi.parent,
-            web_root=Path(env_str("TETHER_WEB_ROOT", str(web_default))),
-            db_pool_max=env_int("TETHER_DB_POOL_MAX", 20),
-            replica=env_str("TETHER_REPLICA", f"{socket.gethostname()}-{os.getpid()}"),
+            web_root=Path(env.env_str("TETHER_WEB_ROOT", str(web_default))),
+            db_pool_max=env.env_int("TETHER_DB_POOL_MAX", 20),
+            replica=env.env_str("TETHER_REPLICA", f"{socket.gethostname()}-{os.getpid()}"),
         )
