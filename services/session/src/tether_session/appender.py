@@ -1,10 +1,10 @@
 """Group commit for the event log.
 
-Every append used to be its own transaction, so each one waited for its own WAL flush,
-and appends to one project also queued on that project's row lock: with ``fsync`` on,
-one project took a few hundred appends per second whatever the hardware.  Here
-concurrent appends, whether ingest requests or prompts, are queued and written by one worker
-in a single transaction: one flush for the whole group.
+An append in a transaction of its own waits for its own WAL flush, and appends to one
+project also queue on that project's row lock: with ``fsync`` on, one project would take a
+few hundred appends per second whatever the hardware.  So concurrent appends, whether
+ingest requests or prompts, are queued and written by one worker in a single
+transaction: one flush for the whole group.
 
 * Items are grouped by project and applied in project-id order (a fixed lock order).
   Per project, the items' events go to the log's append function as one list, so
@@ -66,8 +66,6 @@ class Appender:
         self.max_events = max_events
         self._queue: list[_Item] = []
         self._worker: asyncio.Task[None] | None = None
-        self.groups = 0
-        self.items = 0
 
     async def append(
         self, project_id: uuid.UUID, events: Sequence[store.NewEvent], *, after: After | None = None
@@ -125,8 +123,6 @@ class Appender:
             if not isinstance(exc, Exception):
                 raise
             return
-        self.groups += 1
-        self.items += len(group)
         for project_id, outcome in outcomes.items():
             if isinstance(outcome, store.Batch):
                 self.committed(project_id, outcome.stored)

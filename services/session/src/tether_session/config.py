@@ -32,7 +32,7 @@ class Config:
     session_lifetime_s: int
     send_timeout_ms: int
     replay_page: int
-    ws_deflate: bool  # negotiate permessage-deflate when offered (off: +103 KB per session, 1.7x CPU)
+    ws_deflate: bool  # negotiate permessage-deflate when offered (off by default: memory and CPU per session)
     retention_events: int
     retention_interval_s: float
     max_connections: int

@@ -69,7 +69,7 @@ def chunk_frames(frames: list[tuple[int, str]], encode_batch: EncodeBatch) -> li
 
 class Wake:
     """``asyncio.Event`` for exactly one waiter (the connection's writer), without its deque of
-    waiters: measured ~0.8 KB less per session."""
+    waiters: it lives as long as the session, so its size counts once per idle session."""
 
     __slots__ = ("_flag", "_waiter")
 
@@ -85,9 +85,6 @@ class Wake:
 
     def clear(self) -> None:
         self._flag = False
-
-    def is_set(self) -> bool:
-        return self._flag
 
     async def wait(self) -> None:
         if self._flag:

@@ -37,21 +37,22 @@ class Project:
         }
 
 
-@dataclass(slots=True)  # one per event on the hot path: 0.16 µs to build vs 0.8 frozen
+# Records built once per event on the hot path: slotted and mutable, which is cheaper to build than frozen.
+@dataclass(slots=True)
 class NewEvent:
     event_id: str
     kind: str
     data: dict[str, Any]
 
 
-@dataclass(slots=True)  # one per event on the hot path: 0.16 µs to build vs 0.8 frozen
+@dataclass(slots=True)
 class Appended:
     event_id: str
     seq: int
     duplicate: bool
 
 
-@dataclass(slots=True)  # one per event on the hot path: 0.16 µs to build vs 0.8 frozen
+@dataclass(slots=True)
 class StoredEvent:
     seq: int
     event_id: str
@@ -139,10 +140,6 @@ async def project_by_slug(conn: Connection, owner: uuid.UUID, slug: str) -> Proj
     return _project(row) if row else None
 
 
-async def project_exists(conn: Connection, project_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project_id))
-
-
 async def delete_project(conn: Connection, owner: uuid.UUID, project_id: uuid.UUID, failpoint: Failpoint) -> bool:
     result: str = await conn.execute("DELETE FROM projects WHERE id = $1 AND owner_id = $2", project_id, owner)
     failpoint("projects.delete.after_delete")
@@ -205,7 +202,6 @@ async def append_events(
     batch = append_outcome(args, await conn.fetchrow(APPEND_SQL, *args))
     if batch.stored:
         failpoint("events.append.after_insert")
-        failpoint("events.append.after_update_seq")
     return batch
 
 
