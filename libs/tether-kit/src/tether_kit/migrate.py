@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from .db import Connection
@@ -34,6 +35,11 @@ class Migration:
 
 class MigrationError(RuntimeError):
     pass
+
+
+def load_package(package: str) -> list[Migration]:
+    """The migrations shipped in ``<package>/migrations`` (package data)."""
+    return load(Path(str(resources.files(package) / "migrations")))
 
 
 def load(folder: Path) -> list[Migration]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter
@@ -30,9 +28,9 @@ from tether_kit.service import (
 from . import store
 from .catalogue import CATALOGUE
 from .config import Config
+from .store import SCHEMA
 
 SERVICE = "auth-token"
-SCHEMA = "auth"
 COOKIE = "tether_session"
 
 
@@ -54,16 +52,11 @@ def state() -> State:
     return cast(State, current_app.extensions["tether"])
 
 
-def migrations() -> list[migrate.Migration]:
-    folder = resources.files("tether_auth") / "migrations"
-    return migrate.load(Path(str(folder)))
-
-
 def create_app(config: Config | None = None) -> Quart:
     config = config or Config.from_env()
     core = build_core(SERVICE, __name__, config, schema=SCHEMA, catalogue=CATALOGUE, contract=config.contract)
     app, log, registry, db, kit = core.http, core.log, core.registry, core.db, core.kit
-    all_migrations = migrations()
+    all_migrations = migrate.load_package("tether_auth")
 
     startup = Startup(log, registry, database_phases(db, SCHEMA, all_migrations, log))
     st = State(

@@ -15,14 +15,14 @@ import asyncpg
 from tether_kit import migrate
 
 from . import store
-from .app import SCHEMA, migrations
 from .secrets import API_KEY_PREFIX, new_secret
+from .store import SCHEMA
 
 
 async def _with_conn(dsn: str, name: str, *, ensure: bool) -> tuple[store.User, str]:
     conn = await asyncpg.connect(dsn)
     try:
-        await migrate.apply(conn, SCHEMA, migrations())
+        await migrate.apply(conn, SCHEMA, migrate.load_package("tether_auth"))
         async with conn.transaction():
             await conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
             user = await store.find_user(conn, name) if ensure else None

@@ -14,6 +14,7 @@ from tether_kit.errors import TetherError
 from .secrets import SESSION_PREFIX, TOKEN_PREFIX, digest, new_secret
 
 Failpoint = Callable[[str], None]
+SCHEMA = "auth"  # the PostgreSQL schema of this service's tables
 
 
 @dataclass(frozen=True)

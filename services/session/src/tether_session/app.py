@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from importlib import resources
-from pathlib import Path
 
 from quart import Quart
 
@@ -60,10 +58,6 @@ class SessionApp(Dispatcher):
         closed = await deps.replica.drain(deps.config.drain_timeout_s)
         await deps.publisher.agents.shutdown(max(0.1, deadline - loop.time()))
         deps.log.info("drain_finished", closed=closed, remaining=len(deps.replica.connections))
-
-
-def migrations() -> list[migrate.Migration]:
-    return migrate.load(Path(str(resources.files("tether_session") / "migrations")))
 
 
 def _agent(config: Config, log: logs.JsonLogger) -> Agent | None:
@@ -128,7 +122,11 @@ def create_app(config: Config | None = None) -> SessionApp:
     startup = Startup(
         log,
         registry,
-        [*database_phases(db, SCHEMA, migrations(), log), ("auth_token", auth_service), ("listen", listen)],
+        [
+            *database_phases(db, SCHEMA, migrate.load_package("tether_session"), log),
+            ("auth_token", auth_service),
+            ("listen", listen),
+        ],
     )
     appender = Appender(db, log, on_commit=hub.appended)
     rules = _rules(config)
