@@ -11,8 +11,9 @@
    a timeout; pytest-timeout is the last resort, never the mechanism.
 4. **No sleeps for synchronisation.**  Wait on a condition with a deadline
    (``tests.support.waiting.wait_until`` / ``await_until``; ``ServiceProcess.wait_ready``).
-   A short pause *inside* such a polling loop is the only sleep allowed, and that line is
-   marked ``# noqa: sleep-ok`` with the reason.
+   Every sleep goes through a named helper of ``tests.support.waiting``: ``poll_pause`` /
+   ``apoll_pause`` inside a polling loop with a deadline, ``pace`` where time passing is
+   the behaviour under test (a heartbeat interval, a backoff, a quiet window).
 5. **Timeouts scale** with ``TETHER_TEST_TIMEOUT_SCALE`` (e.g. 3 on a slow CI machine):
    use ``tests.support.waiting.scaled(seconds)`` for every timeout.
 6. **Every process started is stopped, by its PID.**  ``ServiceProcess`` sends SIGTERM

@@ -56,6 +56,12 @@ def shot(page: Page, test_name: str, step: str) -> None:
     page.screenshot(path=screenshot_path(test_name, step), full_page=True)
 
 
+def quiet_window(page: Page, window_ms: float) -> None:
+    """Let ``window_ms`` pass with the page running: the test then asserts that nothing happened in it
+    (no retry, no connection).  Time passing is the behaviour under test, not a synchronisation."""
+    page.wait_for_timeout(window_ms)
+
+
 def ms(seconds: float) -> float:
     """A scaled timeout in milliseconds, for Playwright."""
     return scaled(seconds) * 1000

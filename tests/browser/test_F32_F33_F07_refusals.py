@@ -28,6 +28,7 @@ from .demo import (
     create_project,
     login,
     ms,
+    quiet_window,
     shot,
     start_demo_stack,
     watch_page_errors,
@@ -74,7 +75,7 @@ def test_F32_forbidden_project_terminal_message_no_retry(stack_factory: StackFac
     expect(page.locator("#send-btn")).to_be_disabled()
     shot(page, name, "forbidden")
 
-    page.wait_for_timeout(QUIET_WINDOW_MS)  # noqa: sleep-ok (asserting that no retry happens within the window)
+    quiet_window(page, QUIET_WINDOW_MS)  # no retry may happen within it
 
     info = client_info(page)
     replica = demo.replica(0)
@@ -125,7 +126,7 @@ def test_F33_missing_project_shows_not_found_and_no_connection_attempts(
     expect(page.locator("#not-found-view")).to_be_visible()
     shot(page, name, "not-found")
 
-    page.wait_for_timeout(QUIET_WINDOW_MS)  # noqa: sleep-ok (asserting that no connection is attempted within the window)
+    quiet_window(page, QUIET_WINDOW_MS)  # no connection may be attempted within it
 
     info = client_info(page)
     replica = demo.replica(0)

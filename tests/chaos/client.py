@@ -28,6 +28,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from tests.delivery.helpers import TokenSource
 from tests.support.session import Stack, WsClient, close_catalogue
+from tests.support.waiting import pace
 
 RETRYABLE = {entry["code"]: bool(entry["retryable"]) for entry in close_catalogue().values()}
 BACKOFF_BASE_S = 0.05
@@ -110,7 +111,7 @@ class ResilientClient:
                 self.current = None
                 self._ws = None
                 self._next += 1  # after any close, try the next replica first
-                await trio.sleep(delay)  # noqa: sleep-ok (reconnect backoff, not a synchronisation)
+                await pace(delay)  # the reconnect backoff
 
     def stop(self) -> None:
         self._cancel.cancel()
@@ -195,7 +196,7 @@ class ResilientClient:
     async def _pinger(self, ws: WsClient, interval_ms: int) -> None:
         n = 0
         while True:
-            await trio.sleep(interval_ms / 1000)  # noqa: sleep-ok (the advertised heartbeat interval)
+            await pace(interval_ms / 1000)  # the advertised heartbeat interval
             n += 1
             await ws.send({"type": "ping", "v": 1, "nonce": f"{self.name}-{n}"})
 

@@ -24,7 +24,7 @@ from tests.support.metrics import Metrics, scrape
 from tests.support.pg import aquery
 from tests.support.secrets import remember
 from tests.support.session import Stack
-from tests.support.waiting import scaled
+from tests.support.waiting import apoll_pause, scaled
 
 RETRY_PAUSE_S = 0.05  # pause between attempts against a dependency that is down
 
@@ -109,11 +109,11 @@ class TokenSource:
                     response = await self._client.post("/v1/tokens", json=body, headers=bearer(api_key))
                 except httpx.TransportError:
                     self.unavailable += 1
-                    await trio.sleep(RETRY_PAUSE_S)  # noqa: sleep-ok (retry pause inside a deadline)
+                    await apoll_pause(RETRY_PAUSE_S)
                     continue
                 if response.status_code == 503:
                     self.unavailable += 1
-                    await trio.sleep(RETRY_PAUSE_S)  # noqa: sleep-ok (retry pause inside a deadline)
+                    await apoll_pause(RETRY_PAUSE_S)
                     continue
                 assert response.status_code == 201, response.text
                 token: str = response.json()["token"]
@@ -171,11 +171,11 @@ class Publisher:
                     )
                 except httpx.TransportError:
                     self.retries += 1
-                    await trio.sleep(RETRY_PAUSE_S)  # noqa: sleep-ok (retry pause inside a deadline)
+                    await apoll_pause(RETRY_PAUSE_S)
                     continue
                 if response.status_code == 503:
                     self.retries += 1
-                    await trio.sleep(RETRY_PAUSE_S)  # noqa: sleep-ok (retry pause inside a deadline)
+                    await apoll_pause(RETRY_PAUSE_S)
                     continue
                 assert response.status_code == 200, response.text
                 body: dict[str, Any] = response.json()

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from tests.support.session import Stack, StackFactory, close_catalogue
-from tests.support.waiting import await_until, scaled
+from tests.support.waiting import await_until, pace, scaled
 
 from .helpers import Publisher, describe_gaps, log_seqs, note_events, replica_metrics
 from .rawws import RawWs
@@ -41,7 +41,7 @@ async def pinger(send: Any, interval_ms: int = HEARTBEAT_INTERVAL_MS) -> None:
     while True:
         n += 1
         await send({"type": "ping", "v": 1, "nonce": f"n{n}"})
-        await trio.sleep(interval_ms / 1000)  # noqa: sleep-ok (the heartbeat interval itself)
+        await pace(interval_ms / 1000)  # the heartbeat interval itself
 
 
 async def released(stack: Stack, replica: int = 0) -> None:

@@ -54,7 +54,7 @@ from tests.support.auth import AUTH_CONTRACT
 from tests.support.contract import Contract, load_contract
 from tests.support.procs import ServiceProcess, live_processes
 from tests.support.session import SESSION_CONTRACT
-from tests.support.waiting import scaled
+from tests.support.waiting import poll_pause, scaled
 
 from .report import REPORT
 
@@ -244,7 +244,7 @@ def one_error_line_problem(
         found = error_lines(proc, request_id, offset)
         if found or time.monotonic() >= deadline:
             break
-        time.sleep(0.02)  # noqa: sleep-ok (pause inside a polling loop with a deadline)
+        poll_pause()
     if len(found) != 1:
         return f"expected exactly one log line with request_id {request_id} and a code, found {len(found)}: {found[:3]}"
     line = found[0]

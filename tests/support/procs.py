@@ -29,6 +29,8 @@ from typing import Any
 import anyio
 import httpx
 
+from tests.support.waiting import apoll_pause, poll_pause
+
 from .waiting import scaled, timeout_scale
 
 _LIVE: dict[int, ServiceProcess] = {}
@@ -195,7 +197,7 @@ class ServiceProcess:
                 raise ServiceFailed(f"{self.name} exited before listening\n{self.tail()}")
             if time.monotonic() >= deadline:
                 raise ServiceFailed(f"{self.name} did not log 'listening' within {scaled(timeout):.1f}s\n{self.tail()}")
-            time.sleep(0.02)  # noqa: sleep-ok (pause inside a polling loop with a deadline)
+            poll_pause()
 
     @property
     def port(self) -> int:
@@ -225,7 +227,7 @@ class ServiceProcess:
                     raise ServiceFailed(
                         f"{self.name} not ready within {scaled(timeout):.1f}s (last: {last})\n{self.tail()}"
                     )
-                time.sleep(0.02)  # noqa: sleep-ok (pause inside a polling loop with a deadline)
+                poll_pause()
 
     async def wait_ready_async(self, timeout: float = 30.0, path: str = "/readyz") -> None:
         """:meth:`wait_ready` for async tests (trio or asyncio)."""
@@ -247,7 +249,7 @@ class ServiceProcess:
                     raise ServiceFailed(
                         f"{self.name} not ready within {scaled(timeout):.1f}s (last: {last})\n{self.tail()}"
                     )
-                await anyio.sleep(0.02)  # noqa: sleep-ok (pause inside a polling loop with a deadline)
+                await apoll_pause()
 
     def __repr__(self) -> str:
         pid = self._popen.pid if self._popen else None

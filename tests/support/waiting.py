@@ -1,8 +1,14 @@
 """Waiting on conditions with deadlines; timeouts that scale with ``TETHER_TEST_TIMEOUT_SCALE``.
 
 Tests never sleep to synchronise.  They poll a condition until it holds or a deadline
-passes, and the failure message says what was awaited and what was last seen.  The only
-sleeps are the short pauses *inside* these polling loops.
+passes, and the failure message says what was awaited and what was last seen.  Every
+sleep in the suite goes through one of three named helpers, so a reader (and a scan)
+can tell a pause from a synchronisation:
+
+* :func:`poll_pause` / :func:`apoll_pause`: the short pause between two checks of a
+  condition inside a loop that has a deadline;
+* :func:`pace`: time passing *is* the behaviour under test (a heartbeat interval, a
+  reconnect backoff, a window in which nothing may happen, spreading load over time).
 
 :func:`wait_until` is synchronous (fixtures, helpers); :func:`await_until` is the same for
 async tests and runs on whichever loop anyio detects (trio in the black-box tests,
@@ -39,6 +45,25 @@ def scaled(seconds: float) -> float:
     return seconds * timeout_scale()
 
 
+POLL_S = 0.02
+
+
+def poll_pause(interval: float = POLL_S) -> None:
+    """The pause between two checks of a condition, inside a polling loop that has a deadline."""
+    time.sleep(interval)
+
+
+async def apoll_pause(interval: float = POLL_S) -> None:
+    """Async :func:`poll_pause` (trio or asyncio, through anyio)."""
+    await anyio.sleep(interval)
+
+
+async def pace(seconds: float) -> None:
+    """Let ``seconds`` pass on purpose: the passing of time is the behaviour under test, never a way
+    to wait for something to have happened (wait on the condition for that)."""
+    await anyio.sleep(seconds)
+
+
 class WaitTimeout(AssertionError):
     """A condition did not hold before its deadline (an assertion failure of the test)."""
 
@@ -48,7 +73,7 @@ def wait_until(
     *,
     timeout: float,
     what: str,
-    interval: float = 0.02,
+    interval: float = POLL_S,
     describe: Callable[[], str] | None = None,
 ) -> T:
     """Poll ``condition`` until it returns a truthy value; return that value.
@@ -65,7 +90,7 @@ def wait_until(
         if time.monotonic() >= deadline:
             extra = f"\n{describe()}" if describe is not None else ""
             raise WaitTimeout(f"timed out after {scaled(timeout):.1f}s waiting for {what}; last value: {last!r}{extra}")
-        time.sleep(interval)  # noqa: sleep-ok (pause inside a polling loop with a deadline)
+        poll_pause(interval)
 
 
 async def await_until(
@@ -73,7 +98,7 @@ async def await_until(
     *,
     timeout: float,
     what: str,
-    interval: float = 0.02,
+    interval: float = POLL_S,
     describe: Callable[[], str] | None = None,
 ) -> T:
     """Async :func:`wait_until`: await ``condition()`` until truthy, with a scaled deadline."""
@@ -86,4 +111,4 @@ async def await_until(
         if time.monotonic() >= deadline:
             extra = f"\n{describe()}" if describe is not None else ""
             raise WaitTimeout(f"timed out after {scaled(timeout):.1f}s waiting for {what}; last value: {last!r}{extra}")
-        await anyio.sleep(interval)  # noqa: sleep-ok (pause inside a polling loop with a deadline)
+        await apoll_pause(interval)
