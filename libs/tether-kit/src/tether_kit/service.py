@@ -14,7 +14,6 @@ traceback; any other failure is an ``error`` with its traceback.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from .db import Database, is_connectivity_error
 from .errors import Catalogue, DependencyUnavailable, TetherError
 from .http import HttpKit, bearer_token
 from .secrets import same_secret
+from .tasks import detached
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -97,7 +97,7 @@ class Background:
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work, name=name, context=contextvars.Context())
+        task = detached(work, name=name)
         self._tasks[name] = task
         return task
 

@@ -16,13 +16,13 @@ as the HTTP ingest endpoint (they never write to sockets).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Awaitable
 from typing import Any
 
 import httpx
 
 from tether_kit.logs import JsonLogger
+from tether_kit.tasks import detached
 
 from .jobs import AgentJobs, Job, JobLost
 from .store import NewEvent
@@ -59,8 +59,7 @@ class AgentRunner:
             except Exception as exc:  # logged; the agent's failure is also visible in the log as agent_error
                 self.log.exception("agent_failed", exc, task=name)
 
-        # A fresh log context: the task outlives the connection or request that started it (F40).
-        task = asyncio.get_running_loop().create_task(guarded(), name=name, context=contextvars.Context())
+        task = detached(guarded(), name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

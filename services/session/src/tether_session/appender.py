@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from tether_kit.db import Connection, Database, is_connectivity_error
 from tether_kit.errors import DependencyUnavailable
 from tether_kit.logs import JsonLogger
+from tether_kit.tasks import detached
 
 from . import store
 
@@ -73,7 +74,7 @@ class Appender:
         item = _Item(project_id, events, after)
         self._queue.append(item)
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run(), name="appender")
+            self._worker = detached(self._run(), name="appender")
         return await item.future
 
     def committed(self, project_id: uuid.UUID, stored: list[store.StoredEvent]) -> None:

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from tether_kit.errors import DependencyUnavailable, TetherError
+from tether_kit.tasks import detached
 
 from .protocol import SessionError
 
@@ -135,7 +136,7 @@ class AuthClient:
             batch = self._take_batch()
             if not batch:
                 return
-            task = asyncio.create_task(self._send_batch(batch), name="auth-consume-batch")
+            task = detached(self._send_batch(batch), name="auth-consume-batch")
             self._in_flight.add(task)
             task.add_done_callback(self._batch_done)
 

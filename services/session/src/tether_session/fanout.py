@@ -35,6 +35,7 @@ import asyncpg
 from tether_kit.db import Database, is_connectivity_error
 from tether_kit.errors import DependencyUnavailable
 from tether_kit.logs import JsonLogger
+from tether_kit.tasks import detached
 
 from . import store
 
@@ -189,7 +190,7 @@ class Feed:
             return
         self._pending = True
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._refresh_loop(), name=f"feed-{self.project_id}")
+            self._task = detached(self._refresh_loop(), name=f"feed-{self.project_id}")
 
     async def _refresh_loop(self) -> None:
         while self._pending:
