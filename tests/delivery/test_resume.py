@@ -14,7 +14,7 @@ import trio
 
 from tests.support.auth import bearer
 from tests.support.session import Stack, StackFactory, close_catalogue
-from tests.support.waiting import await_until, scaled, wait_until
+from tests.support.waiting import await_until, pace, scaled, wait_until
 
 from .helpers import Publisher, describe_gaps, log_seqs, note_events
 
@@ -177,8 +177,15 @@ async def test_F22_catch_up_100k_events(stack_factory: StackFactory) -> None:
 
     seqs: list[int] = []
     started = time.perf_counter()
-    async with stack.session_ws(user.api_key, project, resume_from=0) as (ws, ready):
+    async with stack.session_ws(user.api_key, project, resume_from=0) as (ws, ready), trio.open_nursery() as nursery:
         assert ready["last_seq"] == total
+
+        async def heartbeat() -> None:  # as every real client does while it reads (a long catch-up included)
+            while True:
+                await pace(ready["heartbeat"]["interval_ms"] / 1000)
+                await ws.send({"type": "ping", "v": 1})
+
+        nursery.start_soon(heartbeat)
         with trio.fail_after(scaled(150)):
             while not seqs or seqs[-1] < total:
                 frame = await ws.recv()
@@ -186,6 +193,7 @@ async def test_F22_catch_up_100k_events(stack_factory: StackFactory) -> None:
                     seqs.append(frame["seq"])
                     ws.received.clear()  # keep the client's memory flat; the frame was checked
                     ws.events.clear()
+        nursery.cancel_scope.cancel()
     catch_up_s = time.perf_counter() - started
     assert seqs == list(range(1, total + 1)), describe_gaps(seqs, total)
     print(
