@@ -56,6 +56,13 @@ async def test_F10_readyz_checks_while_start_up_waits_on_auth_token(pg_server: P
     assert body["detail"] == "not ready: auth_token, listen, startup"
 
 
+def _async(check: Any) -> Any:
+    async def run() -> Any:
+        return check()
+
+    return run
+
+
 async def _waiting_on_auth(proc: ServiceProcess) -> bool:
     return bool(proc.events("startup_waiting", phase="auth_token"))
 
@@ -80,6 +87,18 @@ async def test_F10_readyz_names_postgres_when_it_goes_away_after_start_up(stack:
         assert body["checks"]["startup"] is True
         assert "postgres" in body["detail"]
         assert body["code"] == "not_ready"
+
+        # the background sweep meets the same outage: a warning naming the dependency, no traceback
+        def sweep_failed() -> list[dict[str, Any]]:
+            return replica.proc.events("agent_sweep_failed")
+
+        await await_until(_async(sweep_failed), timeout=20, what="the agent sweep to meet the outage")
+        for line in sweep_failed():
+            assert line["level"] == "warning", line
+            assert line["dependency"] == "postgres", line
+            assert "exc" not in line, line
+            assert "traceback" not in line, line
+            assert "connection_id" not in line, "a background task carries no connection's context"
     finally:
         pg_server.start()
 
