@@ -470,7 +470,7 @@ def expectations(table_names: Iterable[str], op_id: str | None, case: Any, respo
         expect.update(projects=(-1, -1), project_idempotency=(-INF, 0), events=(-INF, 0))
     elif op_id == "publishEvents" and status == 200:
         body = _json(response) or {}
-        fresh = sum(1 for r in body.get("results", []) if not r.get("duplicate"))
+        fresh = sum(1 for r in body.get("results", []) if not r.get("duplicate") and "error" not in r)
         if fresh:
             expect["events"] = (fresh, fresh)
             expect["projects"] = (0, 0)  # last_seq moves

@@ -104,7 +104,7 @@ class State:
             results = batch.results
         else:
             results = await self.appender.append(project_id, events)
-        self.metrics.published.labels(source).inc(sum(1 for r in results if not r.duplicate))
+        self.metrics.published.labels(source).inc(sum(1 for r in results if r.stored))
         return results
 
     async def publish_prompt(self, project_id: uuid.UUID, event: store.NewEvent, text: str) -> store.Appended:
@@ -456,12 +456,10 @@ def _routes(app: Quart) -> None:
         events = [store.NewEvent(e["event_id"], e["kind"], e["data"]) for e in body["events"]]
         results = await st.publish(pid, events, source="ingest")
         logs.bind(project_id=str(pid))
-        return _json(
-            {
-                "results": [{"event_id": r.event_id, "seq": r.seq, "duplicate": r.duplicate} for r in results],
-                "last_seq": max(r.seq for r in results),
-            }
-        )
+        conflicts = [r.event_id for r in results if r.conflict]
+        if conflicts:  # each is reported in its result; the events stored or duplicated beside it stand
+            st.log.warning("idempotency_conflict", conflicts=len(conflicts), event_ids=conflicts[:10])
+        return _json({"results": [_publish_result(r) for r in results], "last_seq": max(r.seq for r in results)})
 
     @app.websocket("/v1/ws")
     async def ws() -> None:
@@ -486,6 +484,13 @@ def _event_json(e: store.StoredEvent) -> str:
         e.data_json,
         e.ts.isoformat(),
     )
+
+
+def _publish_result(r: store.Appended) -> dict[str, Any]:
+    result: dict[str, Any] = {"event_id": r.event_id, "seq": r.seq, "duplicate": r.duplicate}
+    if r.conflict:
+        result["error"] = "idempotency_conflict"
+    return result
 
 
 def _int_query(name: str, default: int, low: int, high: int) -> int:
