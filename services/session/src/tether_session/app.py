@@ -29,7 +29,7 @@ from tether_kit.http import FAILPOINT_HEADER, HttpKit, bearer_token
 from tether_kit.lifecycle import Startup, database_phases
 from tether_kit.secrets import same_secret
 
-from . import store, web
+from . import names, store, web
 from .agent import AgentRunner, BuiltinAgent, WebhookAgent
 from .appender import Appender
 from .asgi_ws import AsgiWebsocket, WebsocketQuart
@@ -386,10 +386,9 @@ def _routes(app: Quart) -> None:
         key = request.headers.get("Idempotency-Key")
         if key is not None and not (0 < len(key) <= 128 and all(c.isalnum() or c in "._:-" for c in key)):
             raise TetherError("validation_failed", "Idempotency-Key must match ^[A-Za-z0-9._:-]{1,128}$")
+        name = names.project_name(body["name"])
         async with st.db.transaction() as conn:
-            project, replayed = await store.create_project(
-                conn, user.id, body["name"].strip(), key, st.kit.failpoints.hit
-            )
+            project, replayed = await store.create_project(conn, user.id, name, key, st.kit.failpoints.hit)
         if not replayed:
             st.log.info("project_created", project_id=str(project.id), slug=project.slug)
         return _json(project.public(), status=201, headers={"Idempotent-Replayed": "true"} if replayed else None)
