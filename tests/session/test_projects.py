@@ -213,6 +213,21 @@ async def test_F12_project_names_are_stored_in_nfc_and_need_a_visible_character(
         assert (keyed.status_code, replay.status_code) == (201, 201), (keyed.text, replay.text)
         assert replay.headers["Idempotent-Replayed"] == "true"
         assert replay.json() == keyed.json()
+        # a key whose row holds the name as it was sent before names were normalised still replays
+        old_key = "create-" + uuid.uuid4().hex
+        old = await http.post("/v1/projects", json={"name": "Old"}, headers={**headers, "Idempotency-Key": old_key})
+        await aquery(
+            stack.dsn,
+            "UPDATE session.project_idempotency SET name = $1 WHERE owner_id = $2 AND key = $3",
+            decomposed,
+            uuid.UUID(user.user_id),
+            old_key,
+        )
+        old_replay = await http.post(
+            "/v1/projects", json={"name": decomposed}, headers={**headers, "Idempotency-Key": old_key}
+        )
+        assert old_replay.status_code == 201, old_replay.text
+        assert old_replay.json() == old.json()
 
         before = await snapshot(stack.dsn)
         blanks = [
@@ -238,7 +253,7 @@ async def test_F12_project_names_are_stored_in_nfc_and_need_a_visible_character(
         assert heart.json()["name"] == "\u2764\ufe0f"
 
     rows = await aquery(stack.dsn, "SELECT name FROM session.projects WHERE owner_id = $1", uuid.UUID(user.user_id))
-    assert sorted(r["name"] for r in rows) == sorted([composed, composed, composed, "\u2764\ufe0f"])
+    assert sorted(r["name"] for r in rows) == sorted([composed, composed, composed, "Old", "\u2764\ufe0f"])
 
 
 # -- failpoints (F02) ---------------------------------------------------------------------------------

@@ -98,7 +98,8 @@ async def create_project(
             idempotency_key,
         )
         if row is not None:
-            if row["requested"] != name:
+            # names are stored in NFC (names.project_name); a key's row may predate that
+            if unicodedata.normalize("NFC", row["requested"]) != name:
                 raise TetherError("idempotency_conflict", "Idempotency-Key was used with a different name")
             return _project(row), True
     base = slug_base(name)
