@@ -4,15 +4,19 @@ ingest, and fan-out of every event to every tab on every replica in the same ord
 from __future__ import annotations
 
 import contextlib
+import json
 import random
+import uuid
 from typing import Any
 
 import pytest
 import trio
 
 from tests.support.auth import bearer
-from tests.support.session import Stack, StackFactory, WsClient
-from tests.support.waiting import await_until
+from tests.support.logs import lines_for_request
+from tests.support.pg import aquery
+from tests.support.session import Stack, StackFactory, WsClient, close_catalogue
+from tests.support.waiting import await_until, wait_until
 
 from .helpers import Publisher, describe_gaps, log_event_ids, log_seqs, note_events, replica_metrics
 
@@ -146,6 +150,155 @@ async def test_F21_ingest_is_idempotent_by_event_id(two: Stack) -> None:
     assert await log_event_ids(two, project["id"]) == [f"idem-{n}" for n in range(1, 7)] + [
         f"race-{n}" for n in range(1, 21)
     ]
+
+
+async def stored_event(stack: Stack, project_id: str, event_id: str) -> tuple[int, str, Any]:
+    """(seq, kind, data) of one event, straight from the log."""
+    rows = await aquery(
+        stack.dsn,
+        "SELECT seq, kind, data::text AS data FROM session.events WHERE project_id = $1 AND event_id = $2",
+        uuid.UUID(project_id),
+        event_id,
+    )
+    assert len(rows) == 1, rows
+    return int(rows[0]["seq"]), str(rows[0]["kind"]), json.loads(rows[0]["data"])
+
+
+@pytest.mark.trio
+async def test_F21_prompt_reusing_a_client_msg_id_for_other_text_is_an_idempotency_conflict(two: Stack) -> None:
+    """A retry (same id, same text) is a duplicate; the same id with other text is a client bug:
+    error frame + close ``idempotency_conflict``, one log line, and the new text is not stored
+    (no second prompt, no second answer) — on the replica that stored it and on the other one."""
+    user = two.make_user()
+    project = await two.create_project(user.api_key, "conflicting prompts")
+    async with two.session_ws(user.api_key, project, replica=0) as (ws, _ready):
+        await ws.send(prompt("m-1", "hello"))
+        first = await ws.recv_type("prompt_ack")
+        await ws.events_until(lambda e: e["kind"] == "agent_done" and e["data"]["prompt_seq"] == first["seq"])
+        await ws.send(prompt("m-1", "hello"))
+        again = await ws.recv_type("prompt_ack")
+        await ws.send(prompt("m-1", "hello, but different"))
+        closed = await ws.closed()
+    assert (first["duplicate"], again["duplicate"], again["seq"]) == (False, True, first["seq"])
+    assert closed.code == 4090 == close_catalogue()["idempotency_conflict"]["code"]
+    assert closed.error is not None
+    assert closed.frames[-1] == closed.error
+    assert (closed.error["code"], closed.error["retryable"], closed.error["action"]) == (
+        "idempotency_conflict",
+        False,
+        "fix_client",
+    )
+    assert "m-1" in closed.error["message"]
+    assert f"seq {first['seq']}" in closed.error["message"]
+    assert [f for f in closed.frames if f["type"] == "prompt_ack"] == [first, again]
+
+    # the other replica knows the id from the log alone: a retry is still a duplicate, other text a conflict
+    async with two.session_ws(user.api_key, project, replica=1, resume_from=first["seq"]) as (ws, _ready):
+        await ws.send(prompt("m-1", "hello"))
+        across = await ws.recv_type("prompt_ack")
+        await ws.send(prompt("m-1", "HELLO"))
+        closed_across = await ws.closed()
+    assert (across["duplicate"], across["seq"]) == (True, first["seq"])
+    assert closed_across.code == 4090
+
+    await agents_idle(two)
+    ids = await log_event_ids(two, project["id"])
+    assert ids == ["prompt-m-1", *(f"agent-{first['seq']}-{i}" for i in range(5)), f"agent-{first['seq']}-done"]
+    _seq, kind, data = await stored_event(two, project["id"], "prompt-m-1")
+    assert (kind, data["text"]) == ("prompt", "hello")
+    for replica in two.replicas:
+        lines = replica.proc.events("ws_close", reason="idempotency_conflict", project_id=project["id"])
+        assert len(lines) == 1, lines
+        assert (lines[0]["code"], lines[0]["level"], lines[0]["client_msg_id"]) == (4090, "warning", "m-1")
+        assert lines[0]["stored_seq"] == first["seq"]
+
+
+@pytest.mark.trio
+async def test_F21_ingest_reusing_an_event_id_for_other_content_reports_a_conflict_per_event(two: Stack) -> None:
+    """Per event: same kind and data (as JSON values: key order, spacing, 2 vs 2.0 do not matter)
+    is a duplicate; another kind or data is ``idempotency_conflict`` and stores nothing; the rest of
+    the batch is stored.  One warning line for the request names the conflicting ids."""
+    user = two.make_user()
+    project = await two.create_project(user.api_key, "conflicting events")
+    original = [
+        {"event_id": "c-1", "kind": "note", "data": {"a": 1, "b": [1, 2], "s": "x"}},
+        {"event_id": "c-2", "kind": "note", "data": {"n": 2}},
+    ]
+    first = await two.publish(project["id"], original)
+    assert [(r["seq"], r["duplicate"]) for r in first["results"]] == [(1, False), (2, False)]
+    # a raw body, so that the retry of c-1 really differs in key order, spacing and number spelling
+    body = (
+        '{"events":[{"event_id":"c-1","kind":"note","data":{ "s" : "x", "b":[1, 2.0],"a":1 }},'
+        '{"event_id":"c-2","kind":"other","data":{"n":2}},'
+        '{"event_id":"c-1","kind":"note","data":{"a":1,"b":[1,2],"s":"y"}},'
+        '{"event_id":"c-3","kind":"note","data":{"n":3}},'
+        '{"event_id":"c-3","kind":"note","data":{"n":4}}]}'
+    )
+    async with two.session_ws(user.api_key, project, replica=1, resume_from=0) as (ws, _ready):
+        async with two.http(0) as http:
+            response = await http.post(
+                f"/v1/projects/{project['id']}/events",
+                content=body.encode(),
+                headers={**bearer(two.ingest_key), "Content-Type": "application/json"},
+            )
+        events = await read_until_seq(ws, 3)
+    assert response.status_code == 200, response.text
+    conflict = {"duplicate": False, "error": "idempotency_conflict"}
+    assert response.json() == {
+        "results": [
+            {"event_id": "c-1", "seq": 1, "duplicate": True},
+            {"event_id": "c-2", "seq": 2, **conflict},
+            {"event_id": "c-1", "seq": 1, **conflict},
+            {"event_id": "c-3", "seq": 3, "duplicate": False},
+            {"event_id": "c-3", "seq": 3, **conflict},
+        ],
+        "last_seq": 3,
+    }
+    assert [(e["event_id"], e["data"]) for e in events] == [
+        ("c-1", original[0]["data"]),
+        ("c-2", {"n": 2}),
+        ("c-3", {"n": 3}),
+    ]
+    assert await log_event_ids(two, project["id"]) == ["c-1", "c-2", "c-3"]
+    assert await stored_event(two, project["id"], "c-1") == (1, "note", original[0]["data"])
+    assert await stored_event(two, project["id"], "c-2") == (2, "note", {"n": 2})
+    assert await stored_event(two, project["id"], "c-3") == (3, "note", {"n": 3})
+
+    request_id = response.headers["X-Request-ID"]
+    proc = two.replicas[0].proc
+    lines = wait_until(
+        lambda: [line for line in lines_for_request(proc, request_id) if line["event"] == "idempotency_conflict"],
+        timeout=5,
+        what="the idempotency_conflict line of the request",
+    )
+    assert len(lines) == 1, lines
+    assert (lines[0]["level"], lines[0]["conflicts"], lines[0]["event_ids"]) == ("warning", 3, ["c-2", "c-1", "c-3"])
+    assert lines[0]["project_id"] == project["id"]
+    assert [line for line in lines_for_request(proc, request_id) if line["event"] == "http_error"] == []
+
+
+@pytest.mark.trio
+async def test_F21_agent_event_id_stored_with_other_data_fails_the_answer_loudly(
+    module_stack_factory: StackFactory,
+) -> None:
+    """The built-in agent's chunk ids are derived from its job (``agent-<prompt seq>-<index>``): one
+    already stored with other data is a bug, not a retry.  The step fails (nothing of it is stored),
+    each attempt logs it, and after the last one the answer ends with ``agent_error``."""
+    stack = module_stack_factory.start(session_env={"TETHER_AGENT_STALE_S": "0.5"})
+    user = stack.make_user()
+    project = await stack.create_project(user.api_key, "taken agent id")
+    # the prompt below gets seq 2, so the agent's first chunk is agent-2-0: take that id first
+    await stack.publish(project["id"], [{"event_id": "agent-2-0", "kind": "note", "data": {"taken": True}}])
+    async with stack.session_ws(user.api_key, project, resume_from=0) as (ws, _ready):
+        await ws.send(prompt("m-1", "hello"))
+        ack = await ws.recv_type("prompt_ack")
+        events = await ws.events_until(lambda e: e["kind"] in ("agent_error", "agent_done"))
+    assert ack["seq"] == 2
+    assert [e["event_id"] for e in events] == ["agent-2-0", "prompt-m-1", "agent-2-error"]
+    assert await log_event_ids(stack, project["id"]) == ["agent-2-0", "prompt-m-1", "agent-2-error"]
+    failed = [line for line in stack.session.proc.events("agent_failed") if "idempotency_conflict" in line["exc"]]
+    assert len(failed) == 3, failed  # MAX_ATTEMPTS
+    assert all("agent-2-0" in line["exc"] for line in failed), failed
 
 
 # -- F20 -------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import hashlib
 import json
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -470,7 +471,7 @@ def expectations(table_names: Iterable[str], op_id: str | None, case: Any, respo
         expect.update(projects=(-1, -1), project_idempotency=(-INF, 0), events=(-INF, 0))
     elif op_id == "publishEvents" and status == 200:
         body = _json(response) or {}
-        fresh = sum(1 for r in body.get("results", []) if not r.get("duplicate"))
+        fresh = sum(1 for r in body.get("results", []) if not r.get("duplicate") and "error" not in r)
         if fresh:
             expect["events"] = (fresh, fresh)
             expect["projects"] = (0, 0)  # last_seq moves
@@ -508,7 +509,7 @@ def _row_problems(service: LiveService, op_id: str, case: Any, response: Any) ->
                 return [f"token {result.get('token_index')} answered token_unknown, but it is stored"]
     if op_id == "createProject" and response.status_code == 201 and isinstance(body, dict):
         rows = PROBE.fetch(dsn, f"SELECT name, slug FROM {schema}.projects WHERE id = $1", uuid.UUID(body["id"]))
-        wanted = str(_body(case).get("name", "")).strip()
+        wanted = unicodedata.normalize("NFC", str(_body(case).get("name", ""))).strip()
         if len(rows) != 1 or rows[0]["slug"] != body["slug"] or rows[0]["name"] != wanted:
             return [f"project row {rows} does not hold name {wanted!r} / slug {body['slug']!r}"]
     if op_id == "deleteProject" and response.status_code == 204:

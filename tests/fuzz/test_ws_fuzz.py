@@ -121,7 +121,7 @@ class WsWorld:
     other_own: dict[str, Any]  # another of Alice's (tokens bound to it are forbidden on `project`)
     bobs: dict[str, Any]  # Bob's
     http: httpx.Client
-    msg_ids: set[str] = field(default_factory=set)  # client_msg_ids stored in `project` so far
+    prompts: dict[str, str] = field(default_factory=dict)  # client_msg_id -> text stored in `project` so far
 
     def token(self, project_id: str | None = None) -> str:
         body = {} if project_id is None else {"project_id": project_id}
@@ -355,7 +355,7 @@ def test_F21_valid_frames_after_ready_get_their_answers(
     ]
     answers: list[str | None] = ["ready"]
     refusal: str | None = None
-    stored: list[str] = []  # client_msg_ids of prompts the server handles before any refusal
+    stored: dict[str, str] = {}  # prompts (client_msg_id -> text) the server handles before any refusal
     for frame in frames:
         frame = dict(frame)
         record(frame["type"], "valid frame answered")
@@ -366,15 +366,20 @@ def test_F21_valid_frames_after_ready_get_their_answers(
                 refusal = "token_unknown"
         if has_nul(frame):
             refusal = "invalid_frame"
+        elif (
+            frame["type"] == "prompt"
+            and {**w.prompts, **stored}.get(frame["client_msg_id"], frame["text"]) != frame["text"]
+        ):
+            refusal = "idempotency_conflict"  # a used client_msg_id with other text
         script.append(frame)
         if refusal is not None:
             break
         if frame["type"] == "prompt":
-            stored.append(frame["client_msg_id"])
+            stored.setdefault(frame["client_msg_id"], frame["text"])
         answers.append({"ping": "pong", "prompt": "prompt_ack", "reauth": "reauth_ok", "ack": None}[frame["type"]])
     if refusal is not None:
         outcome, lines = converse(w, script, expect_close=True)
-        w.msg_ids.update(stored)  # handled (stored) before the refused frame
+        w.prompts.update(stored)  # handled (stored) before the refused frame
         assert outcome.received[0]["type"] == "ready", outcome.received
         assert_refused(outcome, lines, refusal, script[1:])
         w.assert_ready()
@@ -389,8 +394,8 @@ def test_F21_valid_frames_after_ready_get_their_answers(
             assert answer.get("nonce") == frame.get("nonce"), (frame, answer)
         if frame["type"] == "prompt":
             assert answer["client_msg_id"] == frame["client_msg_id"], (frame, answer)
-            assert answer["duplicate"] is (frame["client_msg_id"] in w.msg_ids), (frame, answer, "duplicate flag")
-            w.msg_ids.add(frame["client_msg_id"])
+            assert answer["duplicate"] is (frame["client_msg_id"] in w.prompts), (frame, answer, "duplicate flag")
+            w.prompts.setdefault(frame["client_msg_id"], frame["text"])
     assert_clean_close(lines, script)
     w.assert_ready()
 

@@ -30,6 +30,7 @@ resume_unavailable      resume_from > last_seq; resume_from before what retentio
 heartbeat_timeout       TETHER_HEARTBEAT_TIMEOUT_MS=500, silent client after ready
 slow_consumer           a raw socket with a 4 kB receive buffer that stops reading while
                         ~1 MB of events is published; TETHER_SEND_TIMEOUT_MS=200
+idempotency_conflict    a prompt, then a prompt with its client_msg_id and other text
 rate_limited            TETHER_PROMPTS_PER_MINUTE=1 (second prompt);
                         TETHER_CONNECTS_PER_IP_PER_MINUTE=1 (second connect)
 too_many_connections    TETHER_MAX_CONNECTIONS_PER_USER=1, a second session of the user
@@ -577,6 +578,21 @@ async def _database_unavailable(ctx: Ctx) -> None:
     assert line["dependency"] == "postgres", line
 
 
+async def _idempotency_conflict(ctx: Ctx) -> None:
+    msg_id = new_client_msg_id()
+
+    async def same_id_other_text(client: WsClient) -> None:
+        await client.send({"type": "prompt", "v": 1, "client_msg_id": msg_id, "text": "first"})
+        ack = await client.recv_type("prompt_ack")
+        assert ack["duplicate"] is False, ack
+        await client.send({"type": "prompt", "v": 1, "client_msg_id": msg_id, "text": "second"})
+
+    error = await ctx.ready_then(ctx.default, "idempotency_conflict", same_id_other_text)
+    assert msg_id in error["message"], error
+    line = ctx.default.proc.events("ws_close", reason="idempotency_conflict")[-1]
+    assert line["client_msg_id"] == msg_id, line
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Awaitable[None]]] = {
     "invalid_frame": _invalid_frame,
     "unexpected_frame": _unexpected_frame,
@@ -592,6 +608,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[None]]] = {
     "resume_unavailable": _resume_unavailable,
     "heartbeat_timeout": _heartbeat_timeout,
     "slow_consumer": _slow_consumer,
+    "idempotency_conflict": _idempotency_conflict,
     "rate_limited": _rate_limited,
     "too_many_connections": _too_many_connections,
     "internal_error": _internal_error,

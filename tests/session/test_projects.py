@@ -188,6 +188,74 @@ async def test_idempotency_key_replay_returns_the_same_project_and_a_different_n
     assert [p["id"] for p in listed] == [first.json()["id"]]
 
 
+# -- names ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_F12_project_names_are_stored_in_nfc_and_need_a_visible_character(stack: Stack) -> None:
+    """ "Café" typed precomposed or with a combining accent is one name; a name that would show as
+    blank (variation selectors, zero-width and format characters, fillers, combining marks only)
+    is refused with 422 before anything is written."""
+    user = stack.make_user()
+    headers = bearer(user.api_key)
+    composed, decomposed = "Caf\u00e9", "Cafe\u0301"
+    async with stack.http() as http:
+        first = await http.post("/v1/projects", json={"name": composed}, headers=headers)
+        second = await http.post("/v1/projects", json={"name": f" {decomposed} "}, headers=headers)
+        assert (first.status_code, second.status_code) == (201, 201), (first.text, second.text)
+        assert first.json()["name"] == second.json()["name"] == composed
+        assert (first.json()["slug"], second.json()["slug"]) == ("cafe", "cafe-2")
+
+        # an Idempotency-Key replay spelled in the other form is the same request, not a conflict
+        key = "create-" + uuid.uuid4().hex
+        keyed = await http.post("/v1/projects", json={"name": decomposed}, headers={**headers, "Idempotency-Key": key})
+        replay = await http.post("/v1/projects", json={"name": composed}, headers={**headers, "Idempotency-Key": key})
+        assert (keyed.status_code, replay.status_code) == (201, 201), (keyed.text, replay.text)
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.json() == keyed.json()
+        # a key whose row holds the name as it was sent before names were normalised still replays
+        old_key = "create-" + uuid.uuid4().hex
+        old = await http.post("/v1/projects", json={"name": "Old"}, headers={**headers, "Idempotency-Key": old_key})
+        await aquery(
+            stack.dsn,
+            "UPDATE session.project_idempotency SET name = $1 WHERE owner_id = $2 AND key = $3",
+            decomposed,
+            uuid.UUID(user.user_id),
+            old_key,
+        )
+        old_replay = await http.post(
+            "/v1/projects", json={"name": decomposed}, headers={**headers, "Idempotency-Key": old_key}
+        )
+        assert old_replay.status_code == 201, old_replay.text
+        assert old_replay.json() == old.json()
+
+        before = await snapshot(stack.dsn)
+        blanks = [
+            "\ufe0f",
+            " \ufe0f\ufe0e ",
+            "\u200b\u2060\u00ad",
+            "\u3164",
+            "\u2800",
+            "\u0301\u20dd",
+            "\U000e0100\U000e0041",
+            "\u200e\u202e\u3000",
+        ]
+        for blank in blanks:
+            refused = await http.post("/v1/projects", json={"name": blank}, headers=headers)
+            assert refused.status_code == 422, (blank, refused.text)
+            assert refused.json()["code"] == "validation_failed"
+            assert_one_error_line(stack.session.proc, refused.headers["X-Request-ID"], "validation_failed")
+        assert await snapshot(stack.dsn) == before
+
+        # one visible character is enough, and what is around it is kept as sent
+        heart = await http.post("/v1/projects", json={"name": "\u2764\ufe0f"}, headers=headers)
+        assert heart.status_code == 201, heart.text
+        assert heart.json()["name"] == "\u2764\ufe0f"
+
+    rows = await aquery(stack.dsn, "SELECT name FROM session.projects WHERE owner_id = $1", uuid.UUID(user.user_id))
+    assert sorted(r["name"] for r in rows) == sorted([composed, composed, composed, "Old", "\u2764\ufe0f"])
+
+
 # -- failpoints (F02) ---------------------------------------------------------------------------------
 
 

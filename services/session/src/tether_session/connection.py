@@ -330,6 +330,12 @@ class Connection:
             f"prompt-{msg_id}", "prompt", {"text": frame["text"], "client_msg_id": msg_id, "user_id": str(self.user_id)}
         )
         result = await host.publisher.publish_prompt(self.project.id, event, frame["text"])
+        if result.conflict:  # v1 has no request-scoped errors: the catalogue entry closes the session
+            raise SessionError(
+                "idempotency_conflict",
+                f"client_msg_id {msg_id} was used for a different prompt (seq {result.seq})",
+                log_fields={"client_msg_id": msg_id, "stored_seq": result.seq},
+            )
         await self._send(
             {"type": "prompt_ack", "v": 1, "client_msg_id": msg_id, "seq": result.seq, "duplicate": result.duplicate}
         )

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tether_kit.db import Connection, Database
+from tether_kit.errors import TetherError
 
 from . import store
 from .appender import Appender
@@ -61,12 +62,13 @@ class AgentJobs:
         self, project_id: uuid.UUID, event: store.NewEvent, text: str, *, with_job: bool
     ) -> tuple[store.Appended, Job | None]:
         """Store a prompt and, when new and an agent is configured, its job — atomically
-        (the job row is written in the prompt's own savepoint of the group commit)."""
+        (the job row is written in the prompt's own savepoint of the group commit).  A duplicate
+        or a conflict (the result says which) stores neither."""
         jobs: list[Job] = []
 
         async def add_job(conn: Connection, results: list[store.Appended]) -> None:
             (stored,) = results
-            if with_job and not stored.duplicate:
+            if with_job and stored.stored:
                 await conn.execute(
                     "INSERT INTO agent_jobs (project_id, prompt_seq, text, owner) VALUES ($1, $2, $3, $4)",
                     project_id,
@@ -78,7 +80,7 @@ class AgentJobs:
 
         # without an agent there is nothing to write with the prompt: the plain (pipelined) path
         (result,) = await self.appender.append(project_id, [event], after=add_job if with_job else None)
-        self.published("prompt", 0 if result.duplicate else 1)
+        self.published("prompt", 1 if result.stored else 0)
         return result, (jobs[0] if jobs else None)
 
     async def step(
@@ -93,6 +95,12 @@ class AgentJobs:
         async with self.db.transaction() as conn:
             if events:
                 batch = await store.append_events(conn, job.project_id, events, self.failpoint)
+                conflicts = [r.event_id for r in batch.results if r.conflict]
+                if conflicts:  # an agent's ids are derived from its job: one stored with other data is a bug
+                    raise TetherError(
+                        "idempotency_conflict",
+                        f"{len(conflicts)} agent event id(s) stored with other data, first {conflicts[0]}",
+                    )
             if done:
                 status: str = await conn.execute(
                     "DELETE FROM agent_jobs WHERE project_id = $1 AND prompt_seq = $2 AND owner = $3",

@@ -59,7 +59,7 @@ class Publisher:
             results = batch.results
         else:
             results = await self.appender.append(project_id, events)
-        self.published.labels(source).inc(sum(1 for r in results if not r.duplicate))
+        self.published.labels(source).inc(sum(1 for r in results if r.stored))
         return results
 
     async def publish_prompt(self, project_id: uuid.UUID, event: store.NewEvent, text: str) -> store.Appended:

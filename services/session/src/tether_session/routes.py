@@ -14,7 +14,7 @@ from tether_kit.errors import TetherError
 from tether_kit.http import FAILPOINT_HEADER
 from tether_kit.service import add_metrics, add_readyz, authenticate_service, database_check, json_response
 
-from . import store, web
+from . import names, store, web
 from .asgi_ws import AsgiWebsocket
 from .auth_client import AuthUser
 from .catalogue import CATALOGUE
@@ -79,6 +79,13 @@ def _event_json(e: store.StoredEvent) -> str:
     )
 
 
+def _publish_result(r: store.Appended) -> dict[str, Any]:
+    result: dict[str, Any] = {"event_id": r.event_id, "seq": r.seq, "duplicate": r.duplicate}
+    if r.conflict:
+        result["error"] = "idempotency_conflict"
+    return result
+
+
 def _operations(app: Quart, deps: Deps) -> None:
     startup, replica = deps.startup, deps.replica
 
@@ -139,8 +146,9 @@ def _projects(app: Quart, deps: Deps) -> None:
         key = request.headers.get("Idempotency-Key")
         if key is not None and not (0 < len(key) <= 128 and all(c.isalnum() or c in "._:-" for c in key)):
             raise TetherError("validation_failed", "Idempotency-Key must match ^[A-Za-z0-9._:-]{1,128}$")
+        name = names.project_name(body["name"])
         async with db.transaction() as conn:
-            project, replayed = await store.create_project(conn, user.id, body["name"].strip(), key, kit.failpoints.hit)
+            project, replayed = await store.create_project(conn, user.id, name, key, kit.failpoints.hit)
         if not replayed:
             log.info("project_created", project_id=str(project.id), slug=project.slug)
         return json_response(
@@ -209,9 +217,9 @@ def _events(app: Quart, deps: Deps) -> None:
         armed = kit.failpoints.enabled and FAILPOINT_HEADER in request.headers
         results = await deps.publisher.publish(pid, events, source="ingest", own_transaction=armed)
         logs.bind(project_id=str(pid))
+        conflicts = [r.event_id for r in results if r.conflict]
+        if conflicts:  # each is reported in its result; the events stored or duplicated beside it stand
+            deps.log.warning("idempotency_conflict", conflicts=len(conflicts), event_ids=conflicts[:10])
         return json_response(
-            {
-                "results": [{"event_id": r.event_id, "seq": r.seq, "duplicate": r.duplicate} for r in results],
-                "last_seq": max(r.seq for r in results),
-            }
+            {"results": [_publish_result(r) for r in results], "last_seq": max(r.seq for r in results)}
         )

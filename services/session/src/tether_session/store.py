@@ -47,9 +47,18 @@ class NewEvent:
 
 @dataclass(slots=True)
 class Appended:
+    """One event's outcome: stored now at ``seq``; or its id is stored at ``seq`` with the same
+    kind and data (``duplicate``: a retry); or with another kind or data (``conflict``: the
+    client re-used the id for another event, nothing was stored)."""
+
     event_id: str
     seq: int
     duplicate: bool
+    conflict: bool
+
+    @property
+    def stored(self) -> bool:
+        return not (self.duplicate or self.conflict)
 
 
 @dataclass(slots=True)
@@ -90,7 +99,8 @@ async def create_project(
             idempotency_key,
         )
         if row is not None:
-            if row["requested"] != name:
+            # names are stored in NFC (names.project_name); a key's row may predate that
+            if unicodedata.normalize("NFC", row["requested"]) != name:
                 raise TetherError("idempotency_conflict", "Idempotency-Key was used with a different name")
             return _project(row), True
     base = slug_base(name)
@@ -146,9 +156,9 @@ async def delete_project(conn: Connection, owner: uuid.UUID, project_id: uuid.UU
     return result.endswith(" 1")
 
 
-# One round trip per append: the work is a function of migration 0003 (lock, idempotent insert,
+# One round trip per append: the work is a function of migration 0004 (lock, idempotent insert,
 # last_seq, NOTIFY in one statement).  Several projects' appends go in one pipelined batch.
-APPEND_SQL = "SELECT seqs, fresh, ts FROM append_events($1, $2, $3, $4)"
+APPEND_SQL = "SELECT seqs, fresh, conflicts, ts FROM append_events($1, $2, $3, $4)"
 AppendArgs = tuple[uuid.UUID, list[str], list[str], list[str]]
 # one encoder for every event (json.dumps with options builds a new one per call)
 _encode_data = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -182,8 +192,10 @@ def append_outcome(args: AppendArgs, row: Any) -> Batch:
     ts: dt.datetime = row["ts"]
     results: list[Appended] = []
     stored: list[StoredEvent] = []
-    for event_id, kind, data, seq, fresh in zip(ids, kinds, datas, seqs, row["fresh"], strict=True):
-        results.append(Appended(event_id, seq, not fresh))
+    for event_id, kind, data, seq, fresh, conflict in zip(
+        ids, kinds, datas, seqs, row["fresh"], row["conflicts"], strict=True
+    ):
+        results.append(Appended(event_id, seq, not (fresh or conflict), conflict))
         if fresh:
             stored.append(StoredEvent(seq, event_id, kind, data, ts))
     return Batch(results, stored)
@@ -192,7 +204,8 @@ def append_outcome(args: AppendArgs, row: Any) -> Batch:
 async def append_events(
     conn: Connection, project_id: uuid.UUID, events: Sequence[NewEvent], failpoint: Failpoint
 ) -> Batch:
-    """Append events idempotently (by event_id) with gapless seqs; NOTIFY on commit.
+    """Append events idempotently (by event_id) with gapless seqs; NOTIFY on commit.  An event
+    whose id is stored with another kind or data is not stored: its result says ``conflict``.
 
     Runs as one statement: atomic on its own, or part of the caller's transaction.  The
     project row lock is taken first, so the check for already-stored event ids sees every
