@@ -28,8 +28,8 @@ from tests.delivery.helpers import log_seqs, note_events
 from tests.support.pg import aquery
 from tests.support.session import ALLOWED_ORIGIN, Stack, StackFactory
 from tests.support.waiting import scaled
-from tether_client import AuthClient, SessionHttp, TetherClosed, TetherHTTPError, open_session
-from tether_client.protocol import answers, event_text
+from tether_client import AuthClient, CloseCatalogue, SessionHttp, TetherClosed, TetherHTTPError, open_session
+from tether_client.agent import answers, event_text
 
 from .cli import cli_env, run_example, run_tether
 
@@ -244,13 +244,15 @@ async def test_F32_sdk_stops_on_terminal_errors_without_retrying(stack: Stack) -
 
 
 @pytest.mark.trio
-async def test_F32_sdk_reads_the_close_code_catalogue_from_the_service(stack: Stack) -> None:
+async def test_F32_the_sdk_catalogue_is_the_one_the_service_serves(stack: Stack) -> None:
+    """The SDK decides with the contract's catalogue shipped in the package; the service
+    serves the same contract file, so both must be equal entry for entry."""
     user = stack.make_user()
     async with SessionHttp(stack.session.url, user.api_key) as http, AuthClient(stack.auth.url, user.api_key) as auth:
         served = await http.close_codes()
         project = await http.create_project("catalogue")
         async with open_session(ws_url(stack), project.id, auth.token_source(project.id)) as session:
-            assert session.catalogue == served
+            assert session.catalogue == served == CloseCatalogue.bundled()
     assert {e.name for e in served.entries} >= {"forbidden", "project_not_found", "draining", "token_used"}
 
 

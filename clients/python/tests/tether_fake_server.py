@@ -18,7 +18,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from tether_client.protocol import CloseCatalogue
+from tether_client.closing import CloseCatalogue
 
 CONTRACTS = Path(__file__).resolve().parents[3] / "contracts" / "session"
 PROJECT_ID = "0b9e4c7e-3f7a-4d55-9d0c-8f6f0e9b1a2c"

@@ -27,11 +27,12 @@ from typing import Any, TextIO
 import trio
 
 from . import __version__
+from .agent import answers, event_text, reply_to
 from .credentials import load_api_key, save_api_key
 from .doctor import DoctorConfig, StepResult, run_doctor
 from .errors import TetherError, TetherHTTPError
+from .frames import Event
 from .http import AuthClient, Project, SessionHttp, ws_url
-from .protocol import Event, answers, event_text, reply_to
 from .session import Session, open_session
 
 DEFAULT_AUTH_URL = "http://127.0.0.1:8001"
