@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from jsonschema.exceptions import best_match
-
 from .errors import TetherClosed
 from .frames import ErrorFrame
-from .schemas import catalogue_schema, document
+from .schemas import catalogue_error, document
 
 # RFC 6455 codes a server (or a proxy in front of it) may close with before the session
 # layer has read the frame: each means what one catalogue entry means, without its error frame.
@@ -57,10 +55,9 @@ class CloseCatalogue:
     @classmethod
     def from_json(cls, data: object) -> CloseCatalogue:
         """Validate a catalogue document against the contract's schema; ``ValueError`` names the problem."""
-        error = best_match(catalogue_schema().iter_errors(data))
-        if error is not None:
-            where = ".".join(str(p) for p in error.absolute_path) or "(document)"
-            raise ValueError(f"close-code catalogue: {where}: {error.message:.200}")
+        problem = catalogue_error(data)
+        if problem is not None:
+            raise ValueError(problem)
         assert isinstance(data, dict)  # the schema says so
         entries = tuple(CloseCode.from_entry(item) for item in data["codes"])
         for attribute in ("code", "name"):

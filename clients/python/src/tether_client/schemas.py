@@ -2,7 +2,7 @@
 
 ``contract/`` holds exact copies of ``contracts/session/frames/*.json`` and
 ``close-codes.json`` (:mod:`tether_client._sync_contract` refreshes them; a test fails
-when they differ).  Every limit the client enforces (prompt length, id patterns, protocol
+when they differ).  Validation is jsonschema-rs (a few microseconds per event frame).  Every limit the client enforces (prompt length, id patterns, protocol
 version) is read from these schemas, never written down a second time.
 
 Client-to-server frames are checked exactly as the contract says.  Server-to-client frames
@@ -19,8 +19,7 @@ import json
 from importlib import resources
 from typing import Any
 
-import jsonschema
-from jsonschema.exceptions import best_match
+import jsonschema_rs
 
 CONTRACT = resources.files(__package__) / "contract"
 SERVER_TO_CLIENT = "server_to_client"
@@ -63,23 +62,33 @@ def _tolerant(node: Any) -> Any:
 
 
 @functools.cache
-def _validator(frame_type: str) -> jsonschema.Draft202012Validator:
+def _validator(frame_type: str) -> jsonschema_rs.Validator:
     schema = frame_schema(frame_type)
     if schema.get("x-direction") == SERVER_TO_CLIENT:
         schema = _tolerant(schema)
-    return jsonschema.Draft202012Validator(schema)
-
-
-def frame_error(frame_type: str, frame: object) -> str | None:
-    """Why ``frame`` does not match the schema of ``frame_type`` (member and rule), or ``None``."""
-    error = best_match(_validator(frame_type).iter_errors(frame))
-    if error is None:
-        return None
-    where = ".".join(str(p) for p in error.absolute_path) or "(frame)"
-    return f"{frame_type} frame: {where}: {error.message:.200}"
+    return jsonschema_rs.validator_for(schema)
 
 
 @functools.cache
-def catalogue_schema() -> jsonschema.Draft202012Validator:
-    """The catalogue's schema, tolerant of extra members per entry (servers add fields)."""
-    return jsonschema.Draft202012Validator(_tolerant(document("close-codes.schema.json")))
+def _catalogue_validator() -> jsonschema_rs.Validator:
+    # Tolerant of extra members per entry: the contract grows (cause, log_level, ...).
+    return jsonschema_rs.validator_for(_tolerant(document("close-codes.schema.json")))
+
+
+def first_error(validator: jsonschema_rs.Validator, instance: object, what: str) -> str | None:
+    """``"<what>: <member path>: <rule broken>"`` for the first violation, or ``None``."""
+    error = next(validator.iter_errors(instance), None)
+    if error is None:
+        return None
+    where = ".".join(str(p) for p in error.instance_path) or "(top)"
+    return f"{what}: {where}: {error.message:.200}"
+
+
+def frame_error(frame_type: str, frame: object) -> str | None:
+    """Why ``frame`` does not match the schema of ``frame_type``, or ``None``."""
+    return first_error(_validator(frame_type), frame, f"{frame_type} frame")
+
+
+def catalogue_error(document: object) -> str | None:
+    """Why a close-code catalogue document does not match the contract's schema, or ``None``."""
+    return first_error(_catalogue_validator(), document, "close-code catalogue")
