@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 import trio
-from test_client_session import FAST, PROJECT, Tokens, collect, until
+from test_client_session import FAST, PROJECT, Tokens, collect
 from tether_fake_server import Conn, FakeServer, event_frame
+from waiting import until
 
 from tether_client import Event, TetherProtocolError, open_session
 
