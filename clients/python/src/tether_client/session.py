@@ -49,7 +49,7 @@ import trio
 
 from .closing import CloseCatalogue, local_decision
 from .connection import Connector, SessionStats
-from .errors import TetherError, TetherGaveUp
+from .errors import TetherError, TetherGaveUp, exception_leaves
 from .frames import Event, Ready, check_prompt_text, new_client_msg_id, project_ref
 from .http import TokenSource, http_url
 from .options import SessionOptions
@@ -305,7 +305,7 @@ async def open_session(
     except BaseExceptionGroup as group:
         # Only the body can raise into the nursery (the session's tasks hand their errors
         # to the body), so the group holds one real exception: raise it bare.
-        real = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        real = [e for e in exception_leaves(group) if not isinstance(e, trio.Cancelled)]
         if len(real) != 1:
             raise
         single = real[0]
@@ -316,13 +316,3 @@ async def open_session(
             single.__context__ = context
     if session._failure is not None and (body.cancelled_caught or not session._failure_raised):
         session._raise_failure()
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found.extend(_leaves(exc))
-        else:
-            found.append(exc)
-    return found
