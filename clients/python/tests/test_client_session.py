@@ -368,3 +368,21 @@ async def test_F32_a_server_that_drops_every_connection_after_ready_is_backed_of
     gaps = [b - a for a, b in itertools.pairwise(server.connected_at[:6])]
     assert gaps[-1] >= 0.15  # 0.01 * 2**4 * 0.99: the waits doubled
     assert gaps[-1] > 4 * gaps[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"client_id": "has space"}, ValueError, r"init frame: client_id"),
+        ({"resume_from": -1}, ValueError, r"init frame: resume_from"),
+        ({"no_such_option": 1}, TypeError, "no_such_option"),
+    ],
+)
+async def test_options_are_checked_before_connecting(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    tokens = Tokens()
+    with pytest.raises(error, match=match), trio.fail_after(5):
+        async with open_session("ws://127.0.0.1:9/v1/ws", PROJECT, tokens, **FAST, **options):
+            pytest.fail("the session must not open")
+    assert tokens.issued == []

@@ -50,7 +50,7 @@ import trio
 from .closing import CloseCatalogue, local_decision
 from .connection import Connector, SessionStats
 from .errors import TetherError, TetherGaveUp, exception_leaves
-from .frames import Event, Ready, check_prompt_text, new_client_msg_id, project_ref
+from .frames import Event, Ready, check_prompt_text, init_frame, new_client_msg_id, project_ref
 from .http import TokenSource, http_url
 from .options import SessionOptions
 from .outcome import Outcome
@@ -74,7 +74,10 @@ class Session:
             http_url(url)  # validates the scheme (ws/wss) now rather than on first connect
         self.options = options
         self.client_id = options.client_id
-        self._link = Connector(project_ref(project), get_token, options, self._on_ready)
+        ref = project_ref(project)
+        # A client_id or resume_from the INIT schema refuses fails here, not at the first connect.
+        init_frame("not-a-token", ref, options.client_id, options.resume_from)
+        self._link = Connector(ref, get_token, options, self._on_ready)
         self.stats: SessionStats = self._link.stats
         self._backoff = Backoff(options.backoff_base_s, options.backoff_cap_s)
         self._ready: Ready | None = None
