@@ -162,5 +162,7 @@ def test_F35_doctor_names_the_database_when_postgres_is_down(
     finally:
         pg_server.start()
         wait_all_ready(own.procs(), 60)
-    failed = assert_failed_at(run, "auth_readyz", "503", "postgres ✗")
+    failed = assert_failed_at(run, "auth_readyz", "503", "postgres ✗", "failed check(s): postgres", "DATABASE_URL")
     assert failed["code"] == "not_ready"
+    # The diagnosis is the failed check, not the service's start-up phase (which says "ready").
+    assert "phase" not in failed["detail"], failed

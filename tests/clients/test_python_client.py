@@ -27,11 +27,12 @@ import trio
 from tests.delivery.helpers import log_seqs, note_events
 from tests.support.pg import aquery
 from tests.support.session import ALLOWED_ORIGIN, Stack, StackFactory
-from tests.support.waiting import scaled
-from tether_client import AuthClient, SessionHttp, TetherClosed, TetherHTTPError, open_session
-from tether_client.protocol import answers, event_text
+from tests.support.waiting import await_until, scaled
+from tether_client import AuthClient, CloseCatalogue, SessionHttp, TetherClosed, TetherHTTPError, open_session
+from tether_client.agent import answers, event_text
 
 from .cli import cli_env, run_example, run_tether
+from .pacing import pause
 
 
 def ws_url(stack: Stack, replica: int = 0) -> str:
@@ -57,12 +58,11 @@ async def prompts_by_text(stack: Stack, project_id: str) -> dict[str, int]:
     return {str(r["text"]): int(r["n"]) for r in rows}
 
 
-async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    with trio.fail_after(scaled(timeout)):
-        while True:
-            if condition():
-                return
-            await trio.sleep(0.01)  # noqa: sleep-ok (pause inside a polling loop with a deadline)
+async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    async def holds() -> bool:
+        return condition()
+
+    await await_until(holds, timeout=timeout, what=what)
 
 
 # -- SDK -----------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ async def test_F05_sdk_fetches_a_new_token_for_every_connect_each_consumed_once(
                 def reconnected(readies: int = expected) -> bool:
                     return session.stats.readies == readies and session.connected
 
-                await until(reconnected)
+                await until(reconnected, "the session to reconnect")
             stats = session.stats
             assert stats.connects == stats.tokens_fetched == stats.readies == 4
     assert await tokens_of(stack, user.user_id) == (4, 4)
@@ -120,10 +120,10 @@ async def test_F21_sdk_prompts_are_stored_once_wherever_a_reconnect_cuts_them(st
 
             with trio.fail_after(scaled(60)):
                 for n in range(8):
-                    await until(lambda: session.connected)
+                    await until(lambda: session.connected, "the session to be connected")
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(send, f"prompt {n}")
-                        await trio.sleep(rng.uniform(0, 0.02))  # noqa: sleep-ok (vary where the cut lands)
+                        await pause(rng.uniform(0, 0.02))  # where the cut lands is what varies
                         await session.reconnect()
             assert session.stats.readies >= 8  # every cut but the last was followed by a new connection
     stored = await prompts_by_text(stack, project.id)
@@ -146,7 +146,7 @@ async def test_F22_sdk_follows_a_draining_replica_to_another_and_loses_nothing(s
             async def publish() -> None:
                 for start in range(1, total + 1, 10):
                     await two.publish(project.id, note_events("drain", start, 10), replica=1)
-                    await trio.sleep(0.005)  # noqa: sleep-ok (spread the events over the drain)
+                    await pause(0.005)  # spread the events over the drain
 
             async def drain_replica_0() -> None:
                 await trio.to_thread.run_sync(two.replicas[0].proc.terminate)
@@ -191,7 +191,7 @@ async def test_F22_sdk_replays_in_batches_in_order_and_batch_false_gets_one_even
                         assert event.data["n"] == event.seq
                         if event.seq >= total:
                             break
-                await until(lambda s=session: s.stats.events_delivered == total)
+                await until(lambda s=session: s.stats.events_delivered == total, f"{total} events delivered")
                 stats = session.stats
             assert received == log, batch
             assert (stats.duplicates_dropped, stats.gaps, stats.connects) == (0, 0, 1), batch
@@ -244,13 +244,15 @@ async def test_F32_sdk_stops_on_terminal_errors_without_retrying(stack: Stack) -
 
 
 @pytest.mark.trio
-async def test_F32_sdk_reads_the_close_code_catalogue_from_the_service(stack: Stack) -> None:
+async def test_F32_the_sdk_catalogue_is_the_one_the_service_serves(stack: Stack) -> None:
+    """The SDK decides with the contract's catalogue shipped in the package; the service
+    serves the same contract file, so both must be equal entry for entry."""
     user = stack.make_user()
     async with SessionHttp(stack.session.url, user.api_key) as http, AuthClient(stack.auth.url, user.api_key) as auth:
         served = await http.close_codes()
         project = await http.create_project("catalogue")
         async with open_session(ws_url(stack), project.id, auth.token_source(project.id)) as session:
-            assert session.catalogue == served
+            assert session.catalogue == served == CloseCatalogue.bundled()
     assert {e.name for e in served.entries} >= {"forbidden", "project_not_found", "draining", "token_used"}
 
 

@@ -16,7 +16,7 @@ import sys
 import trio
 
 from tether_client import AuthClient, SessionHttp, open_session, ws_url
-from tether_client.protocol import answers, event_text
+from tether_client.agent import answers, event_text
 
 
 async def chat_once(project_ref: str | None, text: str) -> None:

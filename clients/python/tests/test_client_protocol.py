@@ -1,4 +1,4 @@
-"""The client's protocol rules, without I/O (tether_client.protocol).
+"""The client's protocol rules, without I/O (tether_client.protocol, .frames, .closing, .agent).
 
 The close-code catalogue used here is the contract file itself, read as test data: in
 production the client fetches the same document from ``GET /v1/protocol/close-codes``.
@@ -18,34 +18,26 @@ from typing import Any
 import jsonschema
 import pytest
 
+from tether_client.agent import answers, event_text, reply_to
+from tether_client.closing import CloseCatalogue, decide_close, local_decision
 from tether_client.errors import TetherClosed, TetherProtocolError
-from tether_client.protocol import (
-    Backoff,
-    CloseCatalogue,
+from tether_client.frames import (
     ErrorFrame,
     Event,
     Events,
-    Outbox,
     PromptAck,
     Ready,
-    SeqTracker,
     UnknownFrame,
-    Verdict,
     ack_frame,
-    answers,
-    decide_close,
     encode,
-    event_text,
     init_frame,
-    local_decision,
     parse_server_frame,
     ping_frame,
     project_ref,
     prompt_frame,
-    reauth_delay_s,
     reauth_frame,
-    reply_to,
 )
+from tether_client.protocol import Backoff, Outbox, SeqTracker, Verdict, reauth_delay_s
 
 CONTRACTS = Path(__file__).resolve().parents[3] / "contracts" / "session"
 
@@ -206,9 +198,14 @@ def test_catalogue_loading_rejects_malformed_documents() -> None:
         CloseCatalogue.from_json({"version": 1})
     with pytest.raises(ValueError, match="version"):
         CloseCatalogue.from_json({"codes": []})
-    with pytest.raises(ValueError, match="retryable"):
-        CloseCatalogue.from_json({"version": 1, "codes": [{"code": 4000, "name": "x"}]})
-    duplicate = {"code": 4000, "name": "x", "retryable": True}
+    entry = {"code": 4000, "name": "x", "meaning": "m", "retryable": True, "action": "reconnect", "message": "m"}
+    with pytest.raises(ValueError, match='"retryable" is a required property'):
+        CloseCatalogue.from_json({"version": 1, "codes": [{k: v for k, v in entry.items() if k != "retryable"}]})
+    with pytest.raises(ValueError, match="duplicate code"):
+        CloseCatalogue.from_json({"version": 1, "codes": [entry, {**entry, "name": "y"}]})
+    with pytest.raises(ValueError, match="duplicate name"):
+        CloseCatalogue.from_json({"version": 1, "codes": [entry, {**entry, "code": 4001}]})
+    duplicate = entry
     with pytest.raises(ValueError, match="duplicate"):
         CloseCatalogue.from_json({"version": 1, "codes": [duplicate, duplicate]})
 
@@ -425,14 +422,14 @@ def test_the_client_parses_every_server_frame_type_of_the_contract() -> None:
 @pytest.mark.parametrize(
     ("events", "match"),
     [
-        (None, "non-empty list"),
-        ([], "non-empty list"),
-        ({"0": _event(1)}, "non-empty list"),
-        ([_event(1), "e2"], r"events\[1\] must be an event frame"),
-        ([_event(1), {**_event(2), "type": "prompt"}], r"events\[1\] must be an event frame"),
-        ([_event(1), {**_event(2), "v": 2}], r"events\[1\] has protocol version"),
-        ([{**_event(1), "seq": 0}], r"events\[0\] frame: seq"),
-        ([_event(1), {**_event(2), "data": []}], r"events\[1\] frame: data"),
+        (None, r'"events" is a required property'),
+        ([], "has less than 1 item"),
+        ({"0": _event(1)}, r'is not of type "array"'),
+        ([_event(1), "e2"], r'events\.1: "e2" is not of type "object"'),
+        ([_event(1), {**_event(2), "type": "prompt"}], r"events\.1\.type"),
+        ([_event(1), {**_event(2), "v": 2}], r"events\.1\.v"),
+        ([{**_event(1), "seq": 0}], r"events\.0\.seq"),
+        ([_event(1), {**_event(2), "data": []}], r"events\.1\.data"),
     ],
 )
 def test_malformed_events_frames_are_protocol_errors(events: object, match: str) -> None:
@@ -463,7 +460,7 @@ def test_malformed_server_frames_are_protocol_errors(raw: str | bytes, match: st
 
 
 def test_malformed_ready_names_the_member() -> None:
-    with pytest.raises(TetherProtocolError, match=r"ready\.heartbeat frame: interval_ms"):
+    with pytest.raises(TetherProtocolError, match=r"ready frame: heartbeat\.interval_ms"):
         parse_server_frame(json.dumps({**_ready(), "heartbeat": {"interval_ms": 0, "timeout_ms": 1}}))
 
 

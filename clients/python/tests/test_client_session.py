@@ -3,7 +3,8 @@
 Each test scripts what the server does on each connection (tether_fake_server) and checks
 what the client does: fresh tokens (F05), resume and dedup (F20-F22), the outbox (F21),
 catalogue-driven retry and terminal errors (F32), heartbeats (F24), reauth, URL rotation.
-Every wait has a deadline (trio.fail_after); the real clock is used, with short intervals.
+Every wait has a deadline (trio.fail_after) or is a condition (waiting.until); the real clock
+is used, with short intervals, where time itself is under test (backoff, heartbeat, reauth).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import itertools
 import secrets
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
 from tether_fake_server import Conn, FakeServer, catalogue
+from waiting import until
 
 from tether_client import Event, TetherClosed, TetherGaveUp, open_session
 
@@ -42,14 +43,6 @@ class Tokens:
         token = "tok_" + secrets.token_urlsafe(32)
         self.issued.append(token)
         return token
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while True:
-            if condition():
-                return
-            await trio.sleep(0.005)  # noqa: sleep-ok (pause inside a polling loop with a deadline)
 
 
 async def collect(stream: Any, last: int) -> list[int]:
@@ -220,7 +213,8 @@ async def test_F32_a_terminal_close_at_init_raises_and_is_never_retried(nursery:
     closed = info.value
     assert (closed.code, closed.name, closed.action) == (4040, "project_not_found", "show_message")
     assert closed.message == "Project not found."
-    await trio.sleep(0.1)  # noqa: sleep-ok (give a wrong retry the time to happen)
+    # open_session has returned, so its tasks are gone: nothing can connect again later.
+    # A client that retried would not have raised at all (fail_after would have fired).
     assert len(server.conns) == 1
 
 
@@ -248,15 +242,22 @@ async def test_F32_a_terminal_close_after_ready_ends_events_with_the_error(nurse
 
 
 async def test_F32_a_terminal_close_cancels_a_body_that_is_not_waiting(nursery: trio.Nursery) -> None:
+    in_body = trio.Event()
+
     async def forbidden_later(conn: Conn) -> None:
         await conn.ready()
-        await trio.sleep(0.05)  # noqa: sleep-ok (the server acts after the client settled)
+        await in_body.wait()  # the server acts once the client is inside the block
         await conn.fail("forbidden")
 
     server = await FakeServer([forbidden_later]).start(nursery)
-    with pytest.raises(TetherClosed, match="forbidden"), trio.fail_after(5):
+
+    async def body_not_waiting() -> None:
         async with open_session(server.url, PROJECT, Tokens(), **FAST):
+            in_body.set()
             await trio.sleep_forever()
+
+    with pytest.raises(TetherClosed, match="forbidden"), trio.fail_after(5):
+        await body_not_waiting()
 
 
 async def test_F32_retry_after_ms_is_honoured(nursery: trio.Nursery) -> None:
@@ -367,3 +368,21 @@ async def test_F32_a_server_that_drops_every_connection_after_ready_is_backed_of
     gaps = [b - a for a, b in itertools.pairwise(server.connected_at[:6])]
     assert gaps[-1] >= 0.15  # 0.01 * 2**4 * 0.99: the waits doubled
     assert gaps[-1] > 4 * gaps[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"client_id": "has space"}, ValueError, r"init frame: client_id"),
+        ({"resume_from": -1}, ValueError, r"init frame: resume_from"),
+        ({"no_such_option": 1}, TypeError, "no_such_option"),
+    ],
+)
+async def test_options_are_checked_before_connecting(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    tokens = Tokens()
+    with pytest.raises(error, match=match), trio.fail_after(5):
+        async with open_session("ws://127.0.0.1:9/v1/ws", PROJECT, tokens, **FAST, **options):
+            pytest.fail("the session must not open")
+    assert tokens.issued == []

@@ -12,13 +12,14 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from tether_client.protocol import CloseCatalogue
+from tether_client.closing import CloseCatalogue
 
 CONTRACTS = Path(__file__).resolve().parents[3] / "contracts" / "session"
 PROJECT_ID = "0b9e4c7e-3f7a-4d55-9d0c-8f6f0e9b1a2c"
@@ -139,8 +140,12 @@ Script = Callable[[Conn], Awaitable[None]]
 
 
 class FakeServer:
-    def __init__(self, scripts: list[Script]) -> None:
+    """``max_message_size``: a bigger client message is refused with close 1009 before the
+    script sees it (trio-websocket's own limit, as a real server's message cap)."""
+
+    def __init__(self, scripts: list[Script], *, max_message_size: int = 2**20) -> None:
         self.scripts = scripts
+        self.max_message_size = max_message_size
         self.conns: list[Conn] = []
         self.port = 0
         self.connected_at: list[float] = []
@@ -169,6 +174,8 @@ class FakeServer:
             return  # the client went away mid-script: that is what some tests do
 
     async def start(self, nursery: trio.Nursery) -> FakeServer:
-        server = await nursery.start(serve_websocket, self._handler, "127.0.0.1", 0, None)
+        server = await nursery.start(
+            partial(serve_websocket, max_message_size=self.max_message_size), self._handler, "127.0.0.1", 0, None
+        )
         self.port = server.port
         return self

@@ -2,8 +2,10 @@
 
 Start with :func:`open_session` (a resilient session over WebSocket), :class:`AuthClient`
 (API key -> connection tokens) and :class:`SessionHttp` (projects, close codes).
+The frames and the close-code catalogue are the contract's own (``tether_client/contract/``).
 """
 
+from .closing import CloseCatalogue, CloseCode
 from .errors import (
     TetherClosed,
     TetherError,
@@ -12,8 +14,9 @@ from .errors import (
     TetherProtocolError,
     TetherTransportError,
 )
+from .frames import Event, Events, Ready
 from .http import AuthClient, EventPage, IssuedToken, Project, Readiness, SessionHttp, User, http_url, ws_url
-from .protocol import CloseCatalogue, CloseCode, Event, Events, Ready
+from .options import SessionOptions
 from .session import EventStream, Session, SessionStats, open_session
 
 __version__ = "0.1.0"
@@ -32,6 +35,7 @@ __all__ = [
     "Ready",
     "Session",
     "SessionHttp",
+    "SessionOptions",
     "SessionStats",
     "TetherClosed",
     "TetherError",

@@ -20,118 +20,25 @@ import logging
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any, TextIO
 
 import trio
 
-from . import __version__
+from .agent import answers, event_text, reply_to
+from .cli_args import build_parser
 from .credentials import load_api_key, save_api_key
 from .doctor import DoctorConfig, StepResult, run_doctor
-from .errors import TetherError, TetherHTTPError
+from .errors import TetherError, TetherHTTPError, exception_leaves
+from .frames import Event
 from .http import AuthClient, Project, SessionHttp, ws_url
-from .protocol import Event, answers, event_text, reply_to
 from .session import Session, open_session
-
-DEFAULT_AUTH_URL = "http://127.0.0.1:8001"
-DEFAULT_SESSION_URL = "http://127.0.0.1:8002"
 
 
 class CliError(Exception):
     """A failure to report as ``tether: error: ...`` with exit code 1."""
-
-
-# -- arguments -----------------------------------------------------------------------------
-
-
-def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    """The global options; on subcommands (``defaults=False``) they may also follow the
-    command and do not override what was given before it."""
-    env = os.environ.get
-
-    def default(value: object) -> object:
-        return value if defaults else argparse.SUPPRESS
-
-    parser.add_argument(
-        "--auth-url",
-        default=default(env("TETHER_AUTH_URL", DEFAULT_AUTH_URL)),
-        help=f"auth-token service URL (env TETHER_AUTH_URL; default {DEFAULT_AUTH_URL})",
-    )
-    parser.add_argument(
-        "--session-url",
-        default=default(env("TETHER_SESSION_URL", DEFAULT_SESSION_URL)),
-        help=f"session service URL (env TETHER_SESSION_URL; default {DEFAULT_SESSION_URL})",
-    )
-    parser.add_argument(
-        "--ws-url",
-        action="append",
-        default=default(None),
-        help="WebSocket URL, repeatable: used in turn on reconnect (env TETHER_WS_URLS, comma-separated; "
-        "default: the session URL's /v1/ws)",
-    )
-    parser.add_argument(
-        "--api-key",
-        default=default(env("TETHER_API_KEY")),
-        help="API key (env TETHER_API_KEY; default: the one stored by `tether login`)",
-    )
-    parser.add_argument(
-        "--origin",
-        default=default(env("TETHER_ORIGIN")),
-        help="Origin header sent on the WebSocket upgrade (env TETHER_ORIGIN)",
-    )
-    parser.add_argument(
-        "--no-batch",
-        dest="batch",
-        action="store_false",
-        default=default(True),
-        help="ask the server for one event per frame instead of batched delivery ('events' frames)",
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", default=default(False), help="log connection events to stderr"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether", description="Tether's command line client.")
-    parser.add_argument("--version", action="version", version=f"tether {__version__}")
-    _global_options(parser, defaults=True)
-    common = argparse.ArgumentParser(add_help=False)
-    _global_options(common, defaults=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(group: Any, name: str, help: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = group.add_parser(name, help=help, description=help, parents=[common])
-        return sub
-
-    command(commands, "login", "check the API key with /v1/me and store it (mode 0600)")
-
-    projects = command(commands, "projects", "list or create projects")
-    project_commands = projects.add_subparsers(dest="projects_command", required=True, metavar="ACTION")
-    listing = command(project_commands, "list", "your projects, newest first")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    create = command(project_commands, "create", "create a project")
-    create.add_argument("name")
-    create.add_argument("--json", action="store_true", help="print JSON")
-
-    connect = command(commands, "connect", "interactive session: stdin lines become prompts, events are printed")
-    connect.add_argument("project", help="project id or slug")
-    connect.add_argument("--from", dest="from_seq", type=int, default=None, help="replay events after this seq")
-
-    send = command(commands, "send", "send one prompt and print the agent's streamed answer")
-    send.add_argument("project", help="project id or slug")
-    send.add_argument("text")
-    send.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for agent_done (default 120)")
-
-    tail = command(commands, "tail", "print the project's events as JSON lines")
-    tail.add_argument("project", help="project id or slug")
-    tail.add_argument("--from", dest="from_seq", type=int, default=None, help="start after this seq (default: now)")
-
-    doctor = command(commands, "doctor", "check the whole path: health, auth, token, WebSocket, prompt, resume")
-    doctor.add_argument("project", nargs="?", default=None, help="project id or slug (default: a temporary one)")
-    doctor.add_argument("--json", action="store_true", help="print a machine-readable report")
-    doctor.add_argument("--timeout", type=float, default=15.0, help="seconds per step (default 15)")
-    return parser
 
 
 def _ws_urls(args: argparse.Namespace) -> list[str]:
@@ -200,10 +107,23 @@ async def _resolve(args: argparse.Namespace, key: str) -> Project:
             raise
 
 
-def _session_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    options: dict[str, Any] = {"origin": args.origin, "batch": args.batch}
-    options.update(extra)
-    return options
+@asynccontextmanager
+async def _project_session(args: argparse.Namespace, **overrides: Any) -> AsyncIterator[tuple[Project, Session]]:
+    """The command's project and a session on it, with the global options applied."""
+    key = _api_key(args)
+    project = await _resolve(args, key)
+    async with (
+        AuthClient(args.auth_url, key) as auth,
+        open_session(
+            _ws_urls(args),
+            project.id,
+            auth.token_source(project.id),
+            origin=args.origin,
+            batch=args.batch,
+            **overrides,
+        ) as session,
+    ):
+        yield project, session
 
 
 class _Renderer:
@@ -238,17 +158,7 @@ ANSWER_TIMEOUT_S = 120.0
 
 async def cmd_connect(args: argparse.Namespace, out: TextIO) -> int:
     """A chat: each stdin line is a prompt; the next line is sent once the agent answered."""
-    key = _api_key(args)
-    project = await _resolve(args, key)
-    async with (
-        AuthClient(args.auth_url, key) as auth,
-        open_session(
-            _ws_urls(args),
-            project.id,
-            auth.token_source(project.id),
-            **_session_options(args, resume_from=args.from_seq),
-        ) as session,
-    ):
+    async with _project_session(args, resume_from=args.from_seq) as (project, session):
         print(
             f"connected to {project.slug} (last_seq {session.ready.last_seq}); "
             "type a prompt and press Enter, Ctrl-D to quit",
@@ -281,14 +191,7 @@ async def cmd_connect(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
-    key = _api_key(args)
-    project = await _resolve(args, key)
-    async with (
-        AuthClient(args.auth_url, key) as auth,
-        open_session(
-            _ws_urls(args), project.id, auth.token_source(project.id), **_session_options(args, max_reconnects=10)
-        ) as session,
-    ):
+    async with _project_session(args, max_reconnects=10) as (_, session):
         return await _send_and_print(session, args.text, args.timeout, out)
 
 
@@ -313,17 +216,7 @@ async def _send_and_print(session: Session, text: str, timeout_s: float, out: Te
 
 
 async def cmd_tail(args: argparse.Namespace, out: TextIO) -> int:
-    key = _api_key(args)
-    project = await _resolve(args, key)
-    async with (
-        AuthClient(args.auth_url, key) as auth,
-        open_session(
-            _ws_urls(args),
-            project.id,
-            auth.token_source(project.id),
-            **_session_options(args, resume_from=args.from_seq),
-        ) as session,
-    ):
+    async with _project_session(args, resume_from=args.from_seq) as (_, session):
         async for event in session.events():
             print(json.dumps(event.as_json(), ensure_ascii=False), file=out, flush=True)
     return 0
@@ -391,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except REPORTED as exc:
         return _report(exc, args.verbose)
     except BaseExceptionGroup as group:
-        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        leaves = [e for e in exception_leaves(group) if not isinstance(e, trio.Cancelled)]
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
             print("tether: interrupted", file=sys.stderr)
             return 130
@@ -410,13 +303,6 @@ def _report(exc: BaseException, verbose: bool) -> int:
         logging.getLogger("tether_client.cli").error("failed", exc_info=exc)
     print(f"tether: error: {exc}", file=sys.stderr)
     return 1
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
 
 
 if __name__ == "__main__":

@@ -43,13 +43,8 @@ class TetherHTTPError(TetherError):
         problem: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(status, code, detail, request_id)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.request_id = request_id
-        self.title = title
-        self.url = url
-        self.retry_after_s = retry_after_s
+        self.status, self.code, self.detail, self.request_id = status, code, detail, request_id
+        self.title, self.url, self.retry_after_s = title, url, retry_after_s
         self.problem: dict[str, Any] = problem or {}
 
     @property
@@ -88,10 +83,7 @@ class TetherClosed(TetherError):
 
     def __init__(self, code: int | None, name: str, message: str, action: str, *, detail: str = "") -> None:
         super().__init__(code, name, message, action)
-        self.code = code
-        self.name = name
-        self.message = message
-        self.action = action
+        self.code, self.name, self.message, self.action = code, name, message, action
         self.detail = detail
 
     def __str__(self) -> str:
@@ -140,3 +132,11 @@ def connection_failure_reason(exc: BaseException) -> str:
             todo.extend(current.exceptions)
         todo.extend(linked for linked in (current.__cause__, current.__context__) if linked is not None)
     return fallback or str(exc) or type(exc).__name__
+
+
+def exception_leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """Every exception inside ``group`` and its nested groups, in order."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(exception_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found

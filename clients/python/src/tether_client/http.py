@@ -24,8 +24,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from .closing import CloseCatalogue
 from .errors import TetherHTTPError, TetherTransportError, connection_failure_reason
-from .protocol import CloseCatalogue, Event, project_ref
+from .frames import Event, project_ref
 
 DEFAULT_TIMEOUT_S = 10.0
 USER_AGENT = "tether-client-python/0.1"
