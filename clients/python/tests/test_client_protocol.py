@@ -198,7 +198,16 @@ def test_catalogue_loading_rejects_malformed_documents() -> None:
         CloseCatalogue.from_json({"version": 1})
     with pytest.raises(ValueError, match="version"):
         CloseCatalogue.from_json({"codes": []})
-    entry = {"code": 4000, "name": "x", "meaning": "m", "retryable": True, "action": "reconnect", "message": "m"}
+    entry = {
+        "code": 4000,
+        "name": "x",
+        "meaning": "m",
+        "retryable": True,
+        "action": "reconnect",
+        "message": "m",
+        "cause": "client",
+        "log_level": "warning",
+    }
     with pytest.raises(ValueError, match='"retryable" is a required property'):
         CloseCatalogue.from_json({"version": 1, "codes": [{k: v for k, v in entry.items() if k != "retryable"}]})
     with pytest.raises(ValueError, match="duplicate code"):

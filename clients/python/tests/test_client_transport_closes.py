@@ -70,6 +70,8 @@ def test_F32_transport_codes_follow_the_catalogue_entry_and_an_error_frame_still
                     "retryable": not e.retryable,
                     "action": e.action,
                     "message": e.message,
+                    "cause": "client",
+                    "log_level": "warning",
                 }
                 for e in catalogue.entries
             ],
