@@ -19,6 +19,7 @@ from tether_kit.contract import check_routes
 from tether_kit.errors import DependencyUnavailable
 from tether_kit.lifecycle import Startup, database_phases
 from tether_kit.service import Background, build_core
+from tether_kit.shedding import ShedLog
 
 from . import routes, web
 from .agent import AgentRunner, BuiltinAgent, WebhookAgent
@@ -31,10 +32,12 @@ from .deps import Deps
 from .fanout import Hub, Listener
 from .frames import Frames
 from .jobs import AgentJobs
+from .load import Load, ShedLimits
 from .metrics import Metrics
-from .protocol import CloseCatalogue, Limits, Rules
+from .protocol import CloseCatalogue, Limits
 from .publisher import Agent, Publisher
 from .replica import Replica
+from .rules import Rules
 
 SERVICE = "session"
 SCHEMA = "session"
@@ -147,9 +150,22 @@ def create_app(config: Config | None = None) -> SessionApp:
         metrics.published,
         kit.failpoints.hit,
     )
+    load = Load(
+        ShedLimits(
+            loop_lag_ms=config.shed_loop_lag_ms,
+            handshakes=config.shed_handshakes,
+            append_queue=config.shed_append_queue,
+            connect_capacity_per_s=config.connect_capacity_per_s,
+            ingest_capacity_per_s=config.ingest_capacity_per_s,
+        ),
+        ShedLog(log, registry),
+        registry,
+        append_queue=lambda: appender.queued,
+    )
     replica = Replica(
         rules,
         log,
+        load,
         ready=startup.ready,
         startup_wait_s=config.startup_wait_ms / 1000,
         connects_per_ip_per_minute=config.connects_per_ip_per_minute,
@@ -161,6 +177,7 @@ def create_app(config: Config | None = None) -> SessionApp:
         frames=frames,
         rules=rules,
         replica=replica,
+        load=load,
         db=db,
         hub=hub,
         listener=listener,
@@ -179,6 +196,7 @@ def create_app(config: Config | None = None) -> SessionApp:
     async def _start() -> None:
         log.info("starting", port=config.port, test_mode=config.test_mode, agent=config.agent_url.split("?")[0])
         startup.start()
+        background.start("load_probe", load.probe())
         if config.retention_events > 0:
             keep = config.retention_events
             background.periodic(

@@ -77,6 +77,11 @@ class Appender:
             self._worker = detached(self._run(), name="appender")
         return await item.future
 
+    @property
+    def queued(self) -> int:
+        """Appends waiting for the next group commit (a load signal)."""
+        return len(self._queue)
+
     def committed(self, project_id: uuid.UUID, stored: list[store.StoredEvent]) -> None:
         """Hand events just committed (by any writer of this replica) to ``on_commit``.
 

@@ -11,5 +11,6 @@ CATALOGUE = Catalogue(
         ErrorSpec("service_unauthenticated", 401, "Missing or invalid service credential"),
         ErrorSpec("resume_unavailable", 410, "Events before this point are no longer retained"),
         ErrorSpec("draining", 503, "Replica is draining", retry_after_s=1),
+        ErrorSpec("overloaded", 503, "Replica is overloaded: retry after Retry-After", retry_after_s=1),
     ]
 )

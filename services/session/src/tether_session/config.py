@@ -36,6 +36,11 @@ class Config:
     retention_events: int
     retention_interval_s: float
     max_connections: int
+    shed_loop_lag_ms: float
+    shed_handshakes: int
+    shed_append_queue: int
+    connect_capacity_per_s: float
+    ingest_capacity_per_s: float
     connects_per_ip_per_minute: int
     drain_window_ms: int
     drain_timeout_s: float
@@ -88,6 +93,11 @@ class Config:
             retention_events=env.env_int("TETHER_RETENTION_EVENTS", 0),
             retention_interval_s=env.env_float("TETHER_RETENTION_INTERVAL_S", 30.0),
             max_connections=env.env_int("TETHER_MAX_CONNECTIONS", 20000),
+            shed_loop_lag_ms=env.env_float("TETHER_SHED_LOOP_LAG_MS", 250.0),
+            shed_handshakes=env.env_int("TETHER_SHED_HANDSHAKES", 500),
+            shed_append_queue=env.env_int("TETHER_SHED_APPEND_QUEUE", 1000),
+            connect_capacity_per_s=env.env_float("TETHER_CONNECT_CAPACITY_PER_S", 500.0),
+            ingest_capacity_per_s=env.env_float("TETHER_INGEST_CAPACITY_PER_S", 700.0),
             connects_per_ip_per_minute=env.env_int("TETHER_CONNECTS_PER_IP_PER_MINUTE", 600),
             drain_window_ms=env.env_int("TETHER_DRAIN_WINDOW_MS", 2000),
             drain_timeout_s=env.env_float("TETHER_DRAIN_TIMEOUT_S", 10.0),

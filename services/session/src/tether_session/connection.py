@@ -3,7 +3,7 @@
 This layer only feeds what happened into the machine and the rules
 (:mod:`tether_session.protocol`) and carries out their answers; every decision (admission,
 per-user cap, token binding, resume cursor, lifetime, which close for which failure) is
-made there.  What the connection uses of its replica is the narrow :class:`SessionHost`.
+made there.  What the connection uses of its replica is the narrow :class:`~tether_session.host.SessionHost`.
 
 Error handling: every failure, on every path, ends in :meth:`Connection._fail`, which
 sends the catalogue's ``error`` frame, closes with its code, and leaves the reason for
@@ -23,55 +23,18 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 from tether_kit import logs
-from tether_kit.db import Database
 from tether_kit.errors import DependencyUnavailable
-from tether_kit.logs import JsonLogger
 
 from . import store
 from .asgi_ws import AsgiWebsocket
 from .auth_client import Consumed
-from .config import Config
-from .fanout import Feed, Hub, Subscriber, chunk_frames
-from .frames import Frames
-from .metrics import Metrics
-from .protocol import Rules, SessionError, SessionMachine, SessionState, TokenBucket, resume_cursor
-from .replica import Replica
-
-
-class TokenConsumer(Protocol):
-    async def consume(self, token: str, *, request_id: str) -> Consumed: ...
-
-
-class PromptPublisher(Protocol):
-    async def publish_prompt(self, project_id: uuid.UUID, event: store.NewEvent, text: str) -> store.Appended: ...
-
-
-class SessionHost(Protocol):
-    """What a connection uses of the replica that serves it."""
-
-    @property
-    def config(self) -> Config: ...
-    @property
-    def log(self) -> JsonLogger: ...
-    @property
-    def metrics(self) -> Metrics: ...
-    @property
-    def frames(self) -> Frames: ...
-    @property
-    def rules(self) -> Rules: ...
-    @property
-    def replica(self) -> Replica: ...
-    @property
-    def db(self) -> Database: ...
-    @property
-    def hub(self) -> Hub: ...
-    @property
-    def auth(self) -> TokenConsumer: ...
-    @property
-    def publisher(self) -> PromptPublisher: ...
+from .fanout import Feed, Subscriber, chunk_frames
+from .host import SessionHost
+from .protocol import SessionError, SessionMachine, SessionState, Shed, TokenBucket
+from .rules import resume_cursor
 
 
 def _now_iso() -> str:
@@ -99,12 +62,20 @@ class Connection:
         self._sub: Subscriber | None = None
         self._counted_user = False
         self.bucket: TokenBucket | None = None  # the prompt rate limit, made at the first prompt
+        self.refusal: SessionError | None = None  # the admission rules' answer, raised first
 
     # -- entry point ---------------------------------------------------------------------
     async def run(self) -> None:
         host = self.host
         started = time.perf_counter()
         self.task = asyncio.current_task()
+        try:
+            await host.replica.admit(self.ws.headers.get("Remote-Addr", "?"), self.id)
+        except Shed as shed:
+            await self._shed(shed)
+            return
+        except SessionError as refusal:  # refused by a rule: closed and logged like any failure
+            self.refusal = refusal
         host.replica.register(self)
         host.metrics.connections_open.inc()
         log_context = logs.enter(connection_id=self.id, replica=host.config.replica)
@@ -203,6 +174,21 @@ class Connection:
                 )
         self.machine.close_sent()
 
+    async def _shed(self, shed: Shed) -> None:
+        """Refuse at once under overload: the error frame and the close, no per-connection log lines
+        (the shed was counted and is logged at a bounded rate)."""
+        plan = self.machine.fail(shed)
+        plan.frame["connection_id"] = self.id
+        try:
+            async with asyncio.timeout(1.0):
+                await self._send(plan.frame)
+                await self.ws.close(plan.close_code, shed.name)
+        except (TimeoutError, OSError):
+            self.host.metrics.closes.labels(str(plan.close_code), "shed_send_failed").inc()
+        self.machine.close_sent()
+        self.host.metrics.connects.labels("refused:overloaded").inc()
+        self.host.metrics.closes.labels(str(plan.close_code), shed.name).inc()
+
     def _release(self) -> None:
         if self._feed is not None and self._sub is not None:
             self.host.hub.unsubscribe(self._feed, self._sub)
@@ -230,8 +216,14 @@ class Connection:
 
     # -- the session --------------------------------------------------------------------
     async def _session(self) -> None:
-        await self.host.replica.admit(self.ws.headers.get("Remote-Addr", "?"))
-        await self._authenticate(await self._receive())  # the INIT dict is not kept for the session
+        host = self.host
+        if self.refusal is not None:
+            raise self.refusal
+        host.load.handshakes += 1  # until ready or closed: a load signal
+        try:
+            await self._authenticate(await self._receive())  # the INIT dict is not kept for the session
+        finally:
+            host.load.handshakes -= 1
         async with asyncio.TaskGroup() as group:
             group.create_task(self._reader(), name=f"{self.id}-reader")
             await self._writer()  # in the handler's own task: one task fewer per session
@@ -326,6 +318,10 @@ class Connection:
             host.metrics.rate_limited.labels("prompts").inc()
             raise SessionError("rate_limited", retry_after_ms=self.bucket.retry_after_ms())
         msg_id = frame["client_msg_id"]
+        shed = host.load.write_refusal("prompt", self.id)
+        if shed is not None:  # refused, not failed: the session goes on and the client re-sends it
+            await self._send(self.machine.refuse_request(host.rules.overloaded(*shed), msg_id))
+            return
         event = store.NewEvent(
             f"prompt-{msg_id}", "prompt", {"text": frame["text"], "client_msg_id": msg_id, "user_id": str(self.user_id)}
         )

@@ -1,7 +1,7 @@
 """The dependencies of one session replica, built once by the app factory (F10, F11).
 
 :class:`Deps` is what the routes and the connections are handed; a connection sees it only
-through the narrow :class:`~tether_session.connection.SessionHost` protocol.
+through the narrow :class:`~tether_session.host.SessionHost` protocol.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from .auth_client import AuthClient
 from .config import Config
 from .fanout import Hub, Listener
 from .frames import Frames
+from .load import Load
 from .metrics import Metrics
-from .protocol import Rules
 from .publisher import Publisher
 from .replica import Replica
+from .rules import Rules
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Deps:
     frames: Frames
     rules: Rules
     replica: Replica
+    load: Load
     db: Database
     hub: Hub
     listener: Listener

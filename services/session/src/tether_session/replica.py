@@ -17,7 +17,9 @@ from typing import Protocol
 
 from tether_kit.logs import JsonLogger
 
-from .protocol import Admission, Rules, SessionError, TokenBucket
+from .load import Load
+from .protocol import SessionError, TokenBucket
+from .rules import Admission, Rules
 
 # Per-IP connect buckets kept at most; beyond it the table starts again (a bound on memory, not a rule).
 MAX_TRACKED_ADDRESSES = 10_000
@@ -40,12 +42,14 @@ class Replica:
         self,
         rules: Rules,
         log: JsonLogger,
+        load: Load,
         *,
         ready: asyncio.Event,
         startup_wait_s: float,
         connects_per_ip_per_minute: int,
     ) -> None:
         self.rules = rules
+        self.load = load
         self.log = log
         self.ready = ready
         self.startup_wait_s = startup_wait_s
@@ -56,10 +60,11 @@ class Replica:
         self._ip_buckets: dict[str, TokenBucket] = {}
 
     # -- admission ---------------------------------------------------------------------------------
-    async def admit(self, remote_addr: str) -> None:
+    async def admit(self, remote_addr: str, connection_id: str) -> None:
         """Raise the refusal the rules give for a connection from ``remote_addr`` arriving now.
 
-        A connection that arrives before readiness waits for it, bounded (F10).
+        A connection that arrives before readiness waits for it, bounded (F10); one that
+        arrives while a load signal is over its limit is shed with a paced retry.
         """
         ready = self.ready.is_set()
         if not ready:
@@ -79,6 +84,9 @@ class Replica:
         )
         if refusal is not None:
             raise refusal
+        shed = self.load.connect_refusal(connection_id)
+        if shed is not None:
+            raise self.rules.overloaded(*shed)
 
     def _ip_allowed(self, remote_addr: str) -> bool:
         bucket = self._ip_buckets.get(remote_addr)

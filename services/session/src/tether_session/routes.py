@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -20,7 +21,7 @@ from .auth_client import AuthUser
 from .catalogue import CATALOGUE
 from .connection import Connection
 from .deps import Deps
-from .protocol import origin_refusal, retention_gap
+from .rules import origin_refusal, retention_gap
 
 
 def register(app: Quart, deps: Deps) -> None:
@@ -211,6 +212,15 @@ def _events(app: Quart, deps: Deps) -> None:
     @app.post("/v1/projects/<project_id>/events")
     async def publish_events(project_id: str) -> Response:
         authenticate_service(deps.config.ingest_keys)
+        shed = deps.load.write_refusal("ingest", logs.context().get("request_id", ""))
+        if shed is not None:  # before the body is read: a refusal costs next to nothing
+            signal, retry_ms = shed
+            raise TetherError(
+                "overloaded",
+                f"the replica is overloaded ({signal}); retry after {retry_ms} ms",
+                retry_after_s=max(1, math.ceil(retry_ms / 1000)),
+                extras={"signal": signal, "retry_after_ms": retry_ms},
+            )
         body = await kit.json_body("publishEvents")
         pid = _uuid(project_id)
         events = [store.NewEvent(e["event_id"], e["kind"], e["data"]) for e in body["events"]]
