@@ -26,6 +26,7 @@ import time
 import uuid
 from typing import Any
 
+import asyncpg
 import jsonschema
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from quart import Quart, Response, has_request_context, request
@@ -357,6 +358,12 @@ class HttpKit:
             return self.problem(exc)
         if is_connectivity_error(exc):
             return self.problem(DependencyUnavailable("postgres", f"database error: {type(exc).__name__}"))
+        if isinstance(exc, asyncpg.DataError):
+            # SQLSTATE class 22: PostgreSQL refused a value (U+0000 in text, a number out of range).
+            # The value came with the request, so the caller gets a 4xx, never a 500; the line
+            # stays at error with its traceback: the contract's schemas should have refused it.
+            detail = f"a value is outside what the database can store: {type(exc).__name__}"
+            return self.problem(TetherError("validation_failed", detail), exc=exc)
         return self.problem(TetherError("internal_error", "unexpected error"), exc=exc)
 
     # -- bodies ------------------------------------------------------------------------
