@@ -2,8 +2,8 @@
 contracts (F06, F40): never a 500, always the documented status and catalogue code, one log
 line, nothing changed in either service's tables.
 
-The schemathesis suites generate without U+0000 (``allow-x00: false``), so this suite sends
-it on purpose, parameter by parameter, from the contracts (a new parameter is covered or
+schemathesis cannot send U+0000 in a header and rarely draws control characters in a path
+parameter, so this suite sends them on purpose, parameter by parameter, from the contracts (a new parameter is covered or
 the suite fails for want of a legit value):
 
 * a path parameter holding a control character (percent-encoded, alone or inside a valid
