@@ -40,24 +40,13 @@ REDACTED: Final = "[redacted]"
 
 # API keys (tk_), connection tokens (tt_) and session cookies (ts_) are the prefix and 43
 # URL-safe characters (tether_auth.secrets.new_secret).  A shorter run still matches so that
-# a truncated copy (a 500-character exception text) is caught too; the look-behind keeps
-# words that merely end in those letters ("hits_per_…") out of it.
-SECRET_SHAPE: Final = re.compile(r"(?<![A-Za-z0-9])t[kts]_[A-Za-z0-9_-]{16,}")
-
-
-def redact(value: Any) -> Any:
-    """``value`` with every secret-shaped substring of every string in it replaced."""
-    if isinstance(value, str):
-        return SECRET_SHAPE.sub(REDACTED, value) if "t_" in value or "k_" in value or "s_" in value else value
-    if isinstance(value, dict):
-        return {k: redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    return redact(str(value))
+# a truncated copy (a 500-character exception text) is caught too.  Matched once in the JSON
+# line: not after a letter or digit ("hits_per_…" stays), but after a JSON escape (``\\n``,
+# ``\\u00e9``) although its last character is one.  The look-behinds sit after the leading
+# "t" so that the engine can still scan for that literal instead of trying every position.
+SECRET_SHAPE: Final = re.compile(
+    r"t(?:(?<![A-Za-z0-9]t)|(?<=\\[bfnrt]t)|(?<=\\u[0-9a-fA-F]{4}t))[kts]_[A-Za-z0-9_-]{16,}"
+)
 
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("tether_log_ctx")
@@ -126,11 +115,10 @@ class JsonLogger:
             "service": self.service,
             "event": event,
         }
-        for key, value in context.items():
-            record[key] = redact(value)
+        record.update(context)
         for key, value in fields.items():
-            record[key] = REDACTED if key.lower() in SECRET_KEYS else redact(value)
-        line = json.dumps(record, default=_json_default, separators=(",", ":"))
+            record[key] = REDACTED if key.lower() in SECRET_KEYS else value
+        line = SECRET_SHAPE.sub(REDACTED, json.dumps(record, default=str, separators=(",", ":")))
         with self._lock:
             for stream in self._streams:
                 stream.write(line + "\n")
