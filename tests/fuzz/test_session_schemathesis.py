@@ -59,10 +59,9 @@ def session_api(fuzz_stack: Stack, fuzz_user: UserCredentials) -> Any:
         {
             "base-url": fuzz_stack.session.url,
             "request-timeout": scaled(10),
-            # U+0000 is refused by design (400 invalid_body, documented in the contract's info):
-            # PostgreSQL text cannot hold it.  test_security_fuzz probes that refusal explicitly;
-            # here it would only make positive_data_acceptance flag every body that draws one.
-            "generation": {"max-examples": EXAMPLES, "allow-x00": False},
+            # U+0000 included: the schemas say where it is refused (NulFreeJson, names), so
+            # positive cases never hold it there and negative ones may.
+            "generation": {"max-examples": EXAMPLES},
             # Stateful: the contract's own links only.  Links inferred from listProjects answers
             # make which rule can run depend on all earlier tests' data (a flaky strategy).
             "phases": {"stateful": {"inference": {"algorithms": []}}},

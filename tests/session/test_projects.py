@@ -473,10 +473,13 @@ async def test_F06_auth_token_down_gives_503_dependency_unavailable(
                 assert_one_error_line(
                     replica.proc, response.headers["X-Request-ID"], "dependency_unavailable", dependency="auth-token"
                 )
+                # expected while the outage lasts: warning; the outage itself is one error line (below)
                 assert [
                     line["level"]
                     for line in replica.proc.events("http_error", request_id=response.headers["X-Request-ID"])
-                ] == ["error"]
+                ] == ["warning"]
+            lost = replica.proc.events("dependency_lost")
+            assert [(line["level"], line["dependency"]) for line in lost] == [("error", "auth-token")], lost
             ready = await http.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["checks"]["auth_token"] is False
@@ -486,6 +489,8 @@ async def test_F06_auth_token_down_gives_503_dependency_unavailable(
             auth_factory.start(stack.dsn, env={"TETHER_AUTH_PORT": str(port)}, service_key=stack.auth.service_key)
             await await_until(lambda: _ok(http, "/readyz"), timeout=30, what="readiness after auth-token returned")
             assert (await http.get(f"/v1/projects/{project['id']}", headers=headers)).status_code == 200
+            back = replica.proc.events("dependency_restored")
+            assert [(line["level"], line["dependency"]) for line in back] == [("info", "auth-token")], back
     finally:
         replica.proc.stop()
         stack.replicas.remove(replica)

@@ -70,6 +70,12 @@ class Operation:
         return list(self.spec.get("x-failpoints", []))
 
 
+@dataclass(frozen=True)
+class Parameter:
+    schema: FastSchema
+    integer: bool  # a query or path value is text: an integer's is read as one first
+
+
 class OpenApiContract:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -116,11 +122,38 @@ class OpenApiContract:
             raise ContractError(f"{operation_id} has no request body in the contract")
         return self.schema_validator(pointer)
 
+    def parameters(self, method: str, path: str, location: str) -> dict[str, Parameter]:
+        """The parameters ``in: location`` (``path``, ``query``) of the operation at ``method path``,
+        with a validator of each one's schema (none when the contract has no such operation:
+        the demo routes)."""
+        item = self.document["paths"].get(path)
+        if item is None or method.lower() not in item:
+            return {}
+        escaped = path.replace("~", "~0").replace("/", "~1")
+        found: dict[str, Parameter] = {}
+        for where in (f"/paths/{escaped}", f"/paths/{escaped}/{method.lower()}"):
+            node = self._at(where)
+            for index, parameter in enumerate(node.get("parameters", [])):
+                pointer = f"{where}/parameters/{index}"
+                if "$ref" in parameter:
+                    pointer = parameter["$ref"].removeprefix("#")
+                    parameter = self._at(pointer)
+                if parameter.get("in") == location and "schema" in parameter:
+                    integer = parameter["schema"].get("type") == "integer"
+                    found[parameter["name"]] = Parameter(self.schema_validator(f"{pointer}/schema"), integer)
+        return found
+
+    def _at(self, pointer: str) -> Any:
+        node: Any = self.document
+        for part in pointer.lstrip("/").split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        return node
+
     def served_bytes(self) -> bytes:
         return self.raw
 
 
-def _rule_to_openapi(rule: str) -> str:
+def rule_to_openapi(rule: str) -> str:
     return re.sub(r"<(?:[a-z_]+:)?([a-zA-Z_]+)>", r"{\1}", rule)
 
 
@@ -137,7 +170,7 @@ def check_routes(app: Quart, contract: OpenApiContract, *, outside_contract: set
         for method in rule.methods or ():
             if method in ("HEAD", "OPTIONS"):
                 continue
-            served.add((method, _rule_to_openapi(rule.rule)))
+            served.add((method, rule_to_openapi(rule.rule)))
     declared = {(op.method, op.path) for op in contract.operations.values()}
     if served != declared:
         raise ContractError(

@@ -21,6 +21,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .errors import DependencyUnavailable
+from .logs import DEPENDENCIES
 
 # Errors meaning "the database is not there right now", as opposed to a bad query.
 CONNECTIVITY_ERRORS: tuple[type[BaseException], ...] = (
@@ -125,6 +126,7 @@ class Database:
                 yield conn
         except CONNECTIVITY_ERRORS as exc:
             raise DependencyUnavailable("postgres", f"database error: {type(exc).__name__}") from exc
+        DEPENDENCIES.ok("postgres")  # a use that went through: the outage, if any, is over
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:

@@ -54,7 +54,9 @@ class Catalogue:
 # Codes every Tether HTTP service shares.  Services extend this list.
 COMMON: list[ErrorSpec] = [
     ErrorSpec("internal_error", 500, "Internal error", level="error"),
-    ErrorSpec("dependency_unavailable", 503, "A dependency is unavailable", level="error", retry_after_s=2),
+    # warning: expected while an outage lasts; the outage itself is one error line
+    # (logs.DependencyStates: dependency_lost / dependency_restored).
+    ErrorSpec("dependency_unavailable", 503, "A dependency is unavailable", retry_after_s=2),
     ErrorSpec("not_ready", 503, "Service is starting up", retry_after_s=1),
     ErrorSpec("invalid_body", 400, "Request body is not valid JSON text"),
     ErrorSpec("unsupported_media_type", 415, "Request body must be application/json"),
@@ -81,6 +83,9 @@ class TetherError(Exception):
     extras: dict[str, Any] = field(default_factory=dict)
     retry_after_s: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # Already logged by its raiser at a bounded rate (a load shed: tether_kit.shedding), so the
+    # response does not add its own http_error line; it still carries X-Request-ID.
+    logged_elsewhere: bool = False
 
     def __str__(self) -> str:
         return f"{self.code}: {self.detail}" if self.detail else self.code

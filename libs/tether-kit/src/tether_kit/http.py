@@ -8,7 +8,13 @@
   one structured log line with ``code``, ``status`` and ``request_id`` (F01, F40);
 * a lost database answers 503 ``dependency_unavailable`` with ``Retry-After`` (F06);
 * request bodies are parsed by us (never ``get_json``), so non-UTF-8, non-JSON,
-  too-deep or off-schema bodies are 400/413/415/422, never 500.
+  too-deep or off-schema bodies are 400/413/415/422, never 500;
+* every path and query parameter is checked against its schema in the contract before the
+  handler runs: a path value outside it (``%00`` in a slug) names nothing, so it is 404
+  ``not_found`` and never reaches the database or the file system; a query value outside
+  it is 422 ``validation_failed``;
+* a path Werkzeug would redirect (``//slug``: merged slashes) is 404 ``http_not_found``
+  like any other path outside the contract: every answer is problem+json or the contract's.
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ import time
 import uuid
 from typing import Any
 
+import asyncpg
 import jsonschema
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from quart import Quart, Response, has_request_context, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from . import logs
-from .contract import OpenApiContract
+from .contract import OpenApiContract, Parameter, rule_to_openapi
 from .db import is_connectivity_error
 from .errors import Catalogue, DependencyUnavailable, TetherError
 
@@ -73,18 +81,38 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object with a key twice has no meaning every reader agrees on (Python keeps the last,
+    some parsers the first): ``{"type":"prompt","type":"init"}`` must not be an INIT here
+    and a prompt elsewhere."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise DuplicateKeyError("duplicate key in a JSON object")
+    return value
+
+
+# Built once: json.loads with any option builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys)
+
+
 def parse_json_text(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, allow_nul: bool = True) -> Any:
     """Strict JSON parsing shared by HTTP bodies and WebSocket frames.
 
-    Raises :class:`TetherError` ``invalid_body`` for bytes that are not UTF-8 JSON, for
-    strings with unpaired surrogates (``"\\ud800"``: not encodable as UTF-8) and, unless
+    Raises :class:`TetherError` ``invalid_body`` for bytes that are not UTF-8 JSON, for an
+    object with a duplicate key, for strings with unpaired surrogates (``"\\ud800"``: not encodable as UTF-8) and, unless
     ``allow_nul``, for strings with U+0000 (PostgreSQL text and jsonb cannot hold it).
     """
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = _DECODER.decode(text)
     except RecursionError as exc:  # only far past max_depth: name it so, as the depth check below does
         raise TetherError("invalid_body", f"JSON nesting deeper than {max_depth}") from exc
+    except DuplicateKeyError as exc:
+        raise TetherError("invalid_body", str(exc)) from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise TetherError("invalid_body", f"body is not UTF-8 JSON: {type(exc).__name__}") from exc
     # deeper than max_depth takes at least max_depth brackets: most texts are not walked at all
@@ -173,6 +201,7 @@ class HttpKit:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self._metrics: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._parameters: dict[tuple[str, str], tuple[dict[str, Parameter], dict[str, Parameter]]] = {}
         app.before_request(self._before)
         app.after_request(self._after)
         app.register_error_handler(TetherError, self._on_tether_error)
@@ -206,8 +235,39 @@ class HttpKit:
             # without a ``Connection: close``, and pooled clients then fail their next call.
             # Kept for json_body: each get_data() costs a task (Quart wraps it in asyncio.wait_for).
             request.tether_body = await request.get_data(cache=True)  # type: ignore[attr-defined]
+        rule = request.url_rule
+        if rule is None:
+            if isinstance(request.routing_exception, RequestRedirect):
+                raise TetherError("http_not_found", "no such route (paths are not rewritten or redirected)")
+        else:
+            self._check_parameters(rule.rule)
         if request.method in WRITE_METHODS and FAILPOINT_HEADER in request.headers and not self.failpoints.enabled:
             raise TetherError("failpoints_disabled", "failpoints can only be armed in test mode")
+
+    def _check_parameters(self, rule: str) -> None:
+        """Path and query parameters against their schemas in the contract, before any handler.
+
+        A path value outside its schema names nothing (404); a query value outside it is a bad
+        request (422).  Integers are ASCII digits only: ``int()`` alone also takes ``" 1\\t"``,
+        ``"1_000"`` and other scripts' digits, which the contract's integer is not.
+        """
+        method = "GET" if request.method == "HEAD" else request.method
+        checks = self._parameters.get((rule, method))
+        if checks is None:
+            path = rule_to_openapi(rule)
+            checks = self._parameters[(rule, method)] = (
+                self.contract.parameters(method, path, "path"),
+                self.contract.parameters(method, path, "query"),
+            )
+        path_checks, query_checks = checks
+        view_args = request.view_args or {}
+        for name, parameter in path_checks.items():
+            if name in view_args and not _parameter_ok(parameter, view_args[name]):
+                raise TetherError("not_found", f"no such {name}: the value is outside the contract's schema")
+        for name, parameter in query_checks.items():
+            for value in request.args.getlist(name):
+                if not _parameter_ok(parameter, value):
+                    raise TetherError("validation_failed", f"query parameter {name} is outside the contract's schema")
 
     async def _after(self, response: Response) -> Response:
         request_id = getattr(request, "environ_request_id", None) or uuid.uuid4().hex
@@ -265,9 +325,11 @@ class HttpKit:
             "detail": body["detail"],
         }
         fields.update({k: v for k, v in err.extras.items() if k != "errors"})
+        if spec.code == "dependency_unavailable":
+            logs.DEPENDENCIES.lost(str(err.extras.get("dependency", "unknown")), body["detail"], self.log)
         if exc is not None:
             self.log.exception("http_error", exc, **fields)
-        else:
+        elif not err.logged_elsewhere:
             self.log.log(spec.level, "http_error", **fields)
         self.errors.labels(spec.code).inc()
         response = Response(json.dumps(body), status=spec.status, content_type=PROBLEM_JSON)
@@ -296,6 +358,12 @@ class HttpKit:
             return self.problem(exc)
         if is_connectivity_error(exc):
             return self.problem(DependencyUnavailable("postgres", f"database error: {type(exc).__name__}"))
+        if isinstance(exc, asyncpg.DataError):
+            # SQLSTATE class 22: PostgreSQL refused a value (U+0000 in text, a number out of range).
+            # The value came with the request, so the caller gets a 4xx, never a 500; the line
+            # stays at error with its traceback: the contract's schemas should have refused it.
+            detail = f"a value is outside what the database can store: {type(exc).__name__}"
+            return self.problem(TetherError("validation_failed", detail), exc=exc)
         return self.problem(TetherError("internal_error", "unexpected error"), exc=exc)
 
     # -- bodies ------------------------------------------------------------------------
@@ -317,6 +385,15 @@ class HttpKit:
                 extras={"errors": [{"path": where, "message": message}]},
             )
         return value
+
+
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
+
+
+def _parameter_ok(parameter: Parameter, text: str) -> bool:
+    if not parameter.integer:
+        return parameter.schema.first_error(text) is None
+    return _INTEGER_TEXT.fullmatch(text) is not None and parameter.schema.first_error(int(text)) is None
 
 
 # jsonschema messages for these keywords name properties, never the offending value.

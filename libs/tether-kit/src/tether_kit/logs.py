@@ -3,7 +3,14 @@
 Every line carries ``ts``, ``level``, ``service`` and ``event``; the ids bound in the
 current context (``request_id``, ``connection_id``, ``user_id``, ``project_id``) are
 added automatically.  Field names that could carry a secret are refused at the source
-(replaced by ``"[redacted]"``) so that a token cannot reach a log line by accident.
+(replaced by ``"[redacted]"``), and so is any value, in any field, that has the shape of a
+Tether secret (:data:`SECRET_SHAPE`): a token sent in the wrong field (``client_id``) or in
+a URL path cannot reach a log line either.
+
+Records of libraries (:class:`LibraryLogHandler`) carry none of the context ids: a pool
+warning during an outage belongs to no request or connection.  :class:`DependencyStates`
+turns a dependency outage into one ``error`` line when it is lost and one ``info`` line
+when it is back, so the per-request answers during it can stay at ``warning``.
 """
 
 from __future__ import annotations
@@ -11,9 +18,12 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import json
+import logging
 import os
+import re
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +35,19 @@ LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 SECRET_KEYS: Final = frozenset(
     {"token", "api_key", "authorization", "cookie", "set_cookie", "secret", "password", "key"}
 )
+
+REDACTED: Final = "[redacted]"
+
+# API keys (tk_), connection tokens (tt_) and session cookies (ts_) are the prefix and 43
+# URL-safe characters (tether_auth.secrets.new_secret).  A shorter run still matches so that
+# a truncated copy (a 500-character exception text) is caught too.  Matched once in the JSON
+# line: not after a letter or digit ("hits_per_…" stays), but after a JSON escape (``\\n``,
+# ``\\u00e9``) although its last character is one.  The look-behinds sit after the leading
+# "t" so that the engine can still scan for that literal instead of trying every position.
+SECRET_SHAPE: Final = re.compile(
+    r"t(?:(?<![A-Za-z0-9]t)|(?<=\\[bfnrt]t)|(?<=\\u[0-9a-fA-F]{4}t))[kts]_[A-Za-z0-9_-]{16,}"
+)
+
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("tether_log_ctx")
 
@@ -77,6 +100,13 @@ class JsonLogger:
         self._streams = self._streams[:1]
 
     def log(self, level: str, event: str, **fields: Any) -> None:
+        self._write(level, event, _context.get({}), fields)
+
+    def log_detached(self, level: str, event: str, **fields: Any) -> None:
+        """:meth:`log` without the ids of the current context (a library's or a background record)."""
+        self._write(level, event, {}, fields)
+
+    def _write(self, level: str, event: str, context: dict[str, Any], fields: dict[str, Any]) -> None:
         if LEVELS[level] < self.threshold:
             return
         record: dict[str, Any] = {
@@ -85,10 +115,10 @@ class JsonLogger:
             "service": self.service,
             "event": event,
         }
-        record.update(_context.get({}))
+        record.update(context)
         for key, value in fields.items():
-            record[key] = "[redacted]" if key.lower() in SECRET_KEYS else value
-        line = json.dumps(record, default=str, separators=(",", ":"))
+            record[key] = REDACTED if key.lower() in SECRET_KEYS else value
+        line = SECRET_SHAPE.sub(REDACTED, json.dumps(record, default=str, separators=(",", ":")))
         with self._lock:
             for stream in self._streams:
                 stream.write(line + "\n")
@@ -110,6 +140,63 @@ class JsonLogger:
         """Log an unexpected exception with its type and a compact traceback."""
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=8))
         self.log("error", event, exc_type=type(exc).__name__, exc=str(exc)[:500], traceback=tb, **fields)
+
+
+class LibraryLogHandler(logging.Handler):
+    """Routes stdlib log records (Hypercorn, asyncpg, Quart) into the service's JSON log.
+
+    Detached from the context: the record is written by whatever task the library happened
+    to run in (asyncpg's pool logs from the task of an unrelated WebSocket), so that task's
+    ids would name the wrong request or connection.
+    """
+
+    def __init__(self, log: JsonLogger) -> None:
+        super().__init__()
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        if record.levelno < logging.WARNING:
+            level = "info"
+        fields: dict[str, str] = {"logger": record.name, "message": record.getMessage()[:1000]}
+        if record.exc_info and record.exc_info[1] is not None:
+            fields["exc"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"[:500]
+        self.log.log_detached(level, "library_log", **fields)
+
+
+class DependencyStates:
+    """Which dependencies (``postgres``, ``auth-token``) this process has lost, and since when.
+
+    :meth:`lost` writes one ``dependency_lost`` line at ``error`` the first time (the answers
+    during the outage are then ``warning``: expected while it lasts); :meth:`ok` writes one
+    ``dependency_restored`` line at ``info``, with the outage's duration, through the logger
+    that reported the loss.  ``ok`` is a dict lookup when nothing is lost: cheap enough for
+    every successful use of a dependency.
+    """
+
+    def __init__(self) -> None:
+        self._lost: dict[str, tuple[float, JsonLogger]] = {}
+
+    def lost(self, dependency: str, detail: str, log: JsonLogger) -> None:
+        if dependency in self._lost:
+            return
+        self._lost[dependency] = (time.monotonic(), log)
+        log.log_detached("error", "dependency_lost", dependency=dependency, detail=detail)
+
+    def ok(self, dependency: str) -> None:
+        if not self._lost or dependency not in self._lost:
+            return
+        since, log = self._lost.pop(dependency)
+        log.log_detached(
+            "info", "dependency_restored", dependency=dependency, outage_s=round(time.monotonic() - since, 3)
+        )
+
+    def is_lost(self, dependency: str) -> bool:
+        return dependency in self._lost
+
+
+# A dependency is lost or reachable for the whole process, whichever request or loop saw it.
+DEPENDENCIES: Final = DependencyStates()
 
 
 def from_env(service: str) -> JsonLogger:

@@ -22,25 +22,7 @@ from hypercorn.config import Config
 from hypercorn.protocol import ws_stream
 from hypercorn.typing import Framework
 
-from .logs import JsonLogger
-
-
-class _ForwardToJson(logging.Handler):
-    """Routes stdlib log records (Hypercorn, asyncpg, Quart) into the service's JSON log."""
-
-    def __init__(self, log: JsonLogger) -> None:
-        super().__init__()
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "error" if record.levelno >= logging.ERROR else "warning"
-        if record.levelno < logging.WARNING:
-            level = "info"
-        fields: dict[str, str] = {"logger": record.name, "message": record.getMessage()[:1000]}
-        if record.exc_info and record.exc_info[1] is not None:
-            fields["exc"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"[:500]
-        self.log.log(level, "library_log", **fields)
-
+from .logs import JsonLogger, LibraryLogHandler
 
 _hypercorn_accept = ws_stream.Handshake.accept
 
@@ -88,7 +70,7 @@ def run(
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
     # Every library's stdlib logging (hypercorn, asyncpg, quart) becomes JSON lines too.
-    logging.basicConfig(handlers=[_ForwardToJson(log)], level=logging.WARNING, force=True)
+    logging.basicConfig(handlers=[LibraryLogHandler(log)], level=logging.WARNING, force=True)
     config.errorlog = logging.getLogger(f"hypercorn.{log.service}")
     config.graceful_timeout = graceful_timeout
     # Hypercorn re-listens the socket with its own backlog (default 100), overriding ours: under a

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from tether_kit.errors import DependencyUnavailable, TetherError
+from tether_kit.logs import DEPENDENCIES
 from tether_kit.tasks import detached
 
 from .protocol import SessionError
@@ -60,6 +61,12 @@ class _Waiter:
     future: asyncio.Future[Consumed]
 
 
+async def _answered(response: httpx.Response) -> None:
+    """An answer below 500: the auth-token service is there (ends an outage HttpKit reported)."""
+    if response.status_code < 500:
+        DEPENDENCIES.ok("auth-token")
+
+
 class AuthClient:
     def __init__(
         self, base_url: str, service_key: str, *, record_path: str | None = None, batches_in_flight: int = 2
@@ -69,9 +76,13 @@ class AuthClient:
         self.record_path = record_path
         self.batches_in_flight = max(1, batches_in_flight)
         timeout = httpx.Timeout(3.0, connect=1.0)
+        hooks: dict[str, list[Any]] = {"response": [_answered]}
         # /v1/me and /healthz: one request per REST call.
         self.http = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)
+            base_url=base_url,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            event_hooks=hooks,
         )
         # consume-batch: never more requests than batches in flight, so a pool of that size
         # never makes one wait, and its bookkeeping stays small.
@@ -81,6 +92,7 @@ class AuthClient:
             limits=httpx.Limits(
                 max_connections=self.batches_in_flight, max_keepalive_connections=self.batches_in_flight
             ),
+            event_hooks=hooks,
         )
         self._queue: collections.deque[_Waiter] = collections.deque()
         self._in_flight: set[asyncio.Task[None]] = set()

@@ -1,7 +1,7 @@
 """WebSocket frames: parsed and validated against the contract's JSON Schemas.
 
-Every incoming frame is checked (size, UTF-8 JSON, depth, version, schema) and any
-failure becomes a :class:`~tether_session.protocol.SessionError` with a catalogue
+Every incoming frame is checked (size, UTF-8 JSON, duplicate keys, depth, version, schema)
+and any failure becomes a :class:`~tether_session.protocol.SessionError` with a catalogue
 name.  Outgoing frames are encoded once; in test mode each one is validated against
 its schema too, so the suite proves the server only sends what the contract allows.
 """
@@ -28,9 +28,23 @@ class FrameContractError(RuntimeError):
     pass
 
 
+def integer_fields(schema: dict[str, Any]) -> tuple[str, ...]:
+    """Top-level properties a frame schema declares integer (``"type": "integer"`` or an integer
+    ``const``).  JSON Schema counts ``1.0`` as an integer, and JSON has one number type, so
+    these are normalised to ``int`` after parsing: a float must never reach a comparison, a
+    query or an echo (``ready.resume_from: 1.0``)."""
+    found = []
+    for name, prop in schema.get("properties", {}).items():
+        const = prop.get("const")
+        if prop.get("type") == "integer" or (isinstance(const, int) and not isinstance(const, bool)):
+            found.append(name)
+    return tuple(found)
+
+
 class Frames:
     def __init__(self, folder: Path, *, validate_outgoing: bool) -> None:
         self.client: dict[str, FastSchema] = {}
+        self.integers: dict[str, tuple[str, ...]] = {}
         self.server: dict[str, jsonschema.Draft202012Validator] = {}
         for path in sorted(folder.glob("*.json")):
             schema = json.loads(path.read_text(encoding="utf-8"))
@@ -47,6 +61,7 @@ class Frames:
             direction = schema.get("x-direction")
             if direction == "client_to_server":
                 self.client[name] = FastSchema(validator, schema)
+                self.integers[name] = integer_fields(schema)
             elif direction == "server_to_client":
                 self.server[name] = validator
             else:
@@ -71,6 +86,10 @@ class Frames:
         validator = self.client.get(kind)
         if validator is None:
             raise SessionError("invalid_frame", f"unknown frame type {kind[:40]!r}")
+        for name in self.integers[kind]:
+            number = value.get(name)
+            if isinstance(number, float) and number.is_integer():
+                value[name] = int(number)
         version = value.get("v")
         if isinstance(version, int) and not isinstance(version, bool) and version != PROTOCOL_VERSION:
             raise SessionError("unsupported_version", f"protocol version {version} is not supported (this server: 1)")

@@ -220,6 +220,7 @@ def _events(app: Quart, deps: Deps) -> None:
                 f"the replica is overloaded ({signal}); retry after {retry_ms} ms",
                 retry_after_s=max(1, math.ceil(retry_ms / 1000)),
                 extras={"signal": signal, "retry_after_ms": retry_ms},
+                logged_elsewhere=True,
             )
         body = await kit.json_body("publishEvents")
         pid = _uuid(project_id)

@@ -62,6 +62,8 @@ def register(app: Quart, config: Config) -> None:
 
     @app.get("/demo/<path:name>")
     async def demo_asset(name: str) -> Response:
+        if not name.isprintable():  # U+0000 made Path.resolve() raise (a 500); no asset name has a control character
+            raise TetherError("http_not_found", "not part of the demo")
         target = (demo / name).resolve()
         if demo.resolve() not in target.parents:
             raise TetherError("http_not_found", "not part of the demo")
