@@ -576,6 +576,10 @@ async def _database_unavailable(ctx: Ctx) -> None:
     assert error["retry_after_ms"] > 0
     line = ctx.default.proc.events("ws_close", reason="database_unavailable")[-1]
     assert line["dependency"] == "postgres", line
+    assert line["level"] == "warning", "each close an outage causes is a warning; the outage is one error line"
+    lost = [e for e in ctx.default.proc.events("dependency_lost") if e.get("dependency") == "postgres"]
+    assert lost, "the outage itself is logged once at error"
+    assert all(e["level"] == "error" for e in lost)
 
 
 async def _idempotency_conflict(ctx: Ctx) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tether_kit.errors import TetherError
-from tether_kit.http import parse_json_text
+from tether_kit.jsontext import parse_json_text
 from tether_session.frames import Frames
 from tether_session.protocol import SessionError
 

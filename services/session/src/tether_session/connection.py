@@ -116,6 +116,7 @@ class Connection:
         except SessionError as err:
             await self._fail(err)
         except DependencyUnavailable as err:
+            logs.DEPENDENCIES.lost(err.dependency, err.detail, self.host.log)  # one error line per outage
             await self._fail(self.host.rules.dependency_failure(err.dependency, err.detail))
         except asyncio.CancelledError:
             task = asyncio.current_task()

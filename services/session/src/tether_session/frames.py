@@ -15,7 +15,8 @@ from typing import Any
 import jsonschema
 
 from tether_kit.errors import TetherError
-from tether_kit.http import parse_json_text, schema_error_message
+from tether_kit.http import schema_error_message
+from tether_kit.jsontext import parse_json_text
 from tether_kit.schemas import FastSchema
 
 from .protocol import SessionError
