@@ -86,11 +86,11 @@ class Connection:
                 code = self.close_code
                 st.metrics.closes.labels(str(code) if code else "client", self.close_reason or "client_closed").inc()
                 st.log.log(
-                    self.close_level,
+                    "warning" if self.ws.transport_error and not self.close_reason else self.close_level,
                     "ws_close",
                     code=code,
-                    reason=self.close_reason or "client_closed",
-                    client_close_code=self.ws.scope.get("tether.client_close_code"),
+                    reason=self.close_reason or self.ws.transport_error or "client_closed",
+                    client_close_code=self.ws.client_close_code,
                     state=self.machine.state.value,
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
                     delivered=self.delivered,
