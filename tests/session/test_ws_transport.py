@@ -2,7 +2,7 @@
 
 A foreign client can send what no WebSocket library would: a text frame that is not UTF-8 is
 written here by hand.  Each close the server decides at that layer reaches the client as a close
-frame with the WebSocket code that says why (1007 here; 1009 for a message above the server's cap:
+frame with the WebSocket code that says why (1007 and 1002 here; 1009 for a message above the server's cap:
 ``test_handshake.py``), and the ``ws_close`` line names it at warning level (F01).  A close the
 client starts is logged with the code the client sent (F40), so a normal close, a close frame
 without a code and a dropped link are three different lines.
@@ -27,13 +27,13 @@ from .helpers import NewConnection, RawWs, close_lines, init_frame
 NOT_UTF8 = b'{"type":"init","v":1,"client_id":"\xff\xfe"}'
 
 
-def masked_text_frame(payload: bytes) -> bytes:
-    """One final text frame as a client must send it (masked), whatever its payload: wsproto
-    and every WebSocket library refuse to send a text frame that is not UTF-8."""
+def masked_text_frame(payload: bytes, *, opcode: int = 0x1) -> bytes:
+    """One final frame as a client must send it (masked), whatever its payload and opcode: wsproto
+    and every WebSocket library refuse to send a text frame that is not UTF-8, or a reserved opcode."""
     assert len(payload) < 126, "a short frame: one length byte"
     mask = os.urandom(4)
     masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-    return struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked
+    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
 
 
 async def _see_eof(raw: RawWs, *, reply: bool) -> None:
@@ -127,3 +127,18 @@ async def test_F40_a_close_frame_without_a_code_and_a_dropped_link_are_told_apar
         ("client_closed", 1005),
         ("client_closed", 1006),
     ], lines
+
+
+@pytest.mark.trio
+async def test_F01_any_other_websocket_protocol_violation_is_closed_with_1002_and_logged(stack: Stack) -> None:
+    new = NewConnection(stack.session.proc)
+    raw = await RawWs.connect(stack.session.ws_url)
+    try:
+        await raw._send(masked_text_frame(b"{}", opcode=0x3))  # a reserved, non-control opcode
+        closed = await raw.read_until_closed()
+        assert (closed.code, closed.frames) == (1002, []), closed
+        await _see_eof(raw, reply=True)
+    finally:
+        raw.close()
+    [line] = close_lines(stack.session.proc, new.id())
+    assert (line["reason"], line["client_close_code"], line["level"]) == ("protocol_error", 1002, "warning"), line
