@@ -57,21 +57,31 @@ async def _ready_raw(stack: Stack) -> tuple[RawWs, dict[str, Any], UserCredentia
     return raw, ready, user, project
 
 
+BEFORE_INIT = {
+    # a text frame that is not UTF-8
+    "invalid_utf8": (masked_text_frame(NOT_UTF8), 1007),
+    # any other violation of RFC 6455: here a reserved, non-control opcode
+    "protocol_error": (masked_text_frame(b"{}", opcode=0x3), 1002),
+}
+
+
 @pytest.mark.trio
-async def test_F01_invalid_utf8_before_init_is_closed_with_1007_and_logged(stack: Stack) -> None:
+@pytest.mark.parametrize("reason", sorted(BEFORE_INIT))
+async def test_F01_a_frame_the_websocket_layer_refuses_before_init_is_closed_with_its_code_and_logged(
+    stack: Stack, reason: str
+) -> None:
+    frame, code = BEFORE_INIT[reason]
     new = NewConnection(stack.session.proc)
     raw = await RawWs.connect(stack.session.ws_url)
     try:
-        await raw._send(masked_text_frame(NOT_UTF8))
+        await raw._send(frame)
         closed = await raw.read_until_closed()
-        assert (closed.code, closed.frames) == (1007, []), closed
+        assert (closed.code, closed.frames) == (code, []), closed
         await _see_eof(raw, reply=True)
     finally:
         raw.close()
     [line] = close_lines(stack.session.proc, new.id())
-    assert line["reason"] == "invalid_utf8", line
-    assert line["client_close_code"] == 1007, line
-    assert line["level"] == "warning", line
+    assert (line["reason"], line["client_close_code"], line["level"]) == (reason, code, "warning"), line
 
 
 @pytest.mark.trio
@@ -127,18 +137,3 @@ async def test_F40_a_close_frame_without_a_code_and_a_dropped_link_are_told_apar
         ("client_closed", 1005),
         ("client_closed", 1006),
     ], lines
-
-
-@pytest.mark.trio
-async def test_F01_any_other_websocket_protocol_violation_is_closed_with_1002_and_logged(stack: Stack) -> None:
-    new = NewConnection(stack.session.proc)
-    raw = await RawWs.connect(stack.session.ws_url)
-    try:
-        await raw._send(masked_text_frame(b"{}", opcode=0x3))  # a reserved, non-control opcode
-        closed = await raw.read_until_closed()
-        assert (closed.code, closed.frames) == (1002, []), closed
-        await _see_eof(raw, reply=True)
-    finally:
-        raw.close()
-    [line] = close_lines(stack.session.proc, new.id())
-    assert (line["reason"], line["client_close_code"], line["level"]) == ("protocol_error", 1002, "warning"), line
