@@ -32,8 +32,10 @@ connection under the close frame while the client's unread data is still arrivin
    connection and Hypercorn builds every value anew per connection.  Once the app has accepted,
    the request headers are dropped but ``Origin`` (the one header a WebSocket app reads after
    accept: the session names it in its ``ws_open`` line; a browser's headers, cookies included,
-   are often a kilobyte), and the values every connection shares (ASGI version, extensions,
-   HTTP version, path) become one shared object each.  Nothing reads or mutates them later.
+   are often a kilobyte); the values every connection shares (ASGI version, extensions, HTTP
+   version, path, the server's address, an empty state and subprotocol list) become one shared
+   object each, the empty state a read-only one; and the stream's handshake object is released
+   (after accept Hypercorn reads only its ``accepted`` flag).  Nothing reads or mutates them later.
 
 Tether's services speak HTTP/1.1 only (TLS and HTTP/2 end at the proxy): an ``Upgrade: h2c``
 header is ignored, as RFC 9110 allows, and an HTTP/2 preface is an unknown request.
@@ -202,7 +204,7 @@ class TetherH11Protocol(H11Protocol):
         return  # HTTP/1.1 only: no switch to HTTP/2 (module docstring)
 
     async def _create_stream(self, request: h11.Request) -> None:
-        # Hypercorn's own _create_stream with the stream class chosen here; the upgrade test is its own.
+        # Hypercorn's own _create_stream (the same upgrade test and Request), with this protocol's WebSocket stream.
         upgrade = connection = ""
         for name, value in request.headers:
             lowered = name.decode("latin1").strip().lower()
