@@ -104,6 +104,11 @@ function nonNegInt(x) {
   return Number.isSafeInteger(x) && x >= 0 ? x : 0;
 }
 
+// Closes that the server's WebSocket layer decides before the session sees the frame (so with no
+// error frame): the catalogue entry each stands for.  1009: a message above the server's cap;
+// 1007: a text frame that is not UTF-8.
+const TRANSPORT_CLOSES = Object.freeze({ 1007: 'invalid_frame', 1009: 'frame_too_large' });
+
 function networkName(code) {
   switch (code) {
     case 1000: return 'normal_closure';
@@ -528,7 +533,10 @@ export class TetherClient {
     let effective = code;
     const isCustom = (c) => Number.isInteger(c) && c >= 4000 && c <= 4999;
     if (!isCustom(code) && errorFrame && isCustom(errorFrame.close_code)) effective = errorFrame.close_code;
-    const entry = catalogue?.get(effective);
+    const transportName = isCustom(effective) ? undefined : TRANSPORT_CLOSES[effective];
+    const entry = transportName
+      ? [...(catalogue?.values() ?? [])].find((e) => e.name === transportName)
+      : catalogue?.get(effective);
     const retryAfterMs = Math.max(nonNegInt(errorFrame?.retry_after_ms), nonNegInt(entry?.retry_after_ms));
     const source = 'server';
     if (entry) {

@@ -149,19 +149,21 @@ async def test_F04_malformed_init_is_refused_with_its_catalogue_code(stack: Stac
     assert error["retryable"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a frame above Hypercorn's websocket_max_message_size (max(4 x max_frame_bytes, 1 MiB)) is closed "
-    "by Hypercorn with 1009 and no error frame; the session handler never learns of it and later logs "
-    "init_timeout/4008 — a silent close, reported to the lead (needs a hook below the ASGI layer)",
-)
 @pytest.mark.trio
-async def test_F01_a_frame_above_the_server_message_cap_still_gets_frame_too_large(stack: Stack) -> None:
+async def test_F01_a_frame_above_the_server_message_cap_is_closed_with_1009_and_logged_as_frame_too_large(
+    stack: Stack,
+) -> None:
+    """Above the server's message cap (``websocket_max_message_size``) the WebSocket layer refuses the
+    message before reading all of it: no error frame (the session never sees it), but close 1009, which
+    the clients map to the catalogue's ``frame_too_large``, and the ``ws_close`` line says so."""
     tracker = NewConnection(stack.session.proc)
     async with ws_to(stack.session) as client:
         await client.send("x" * (2 << 20))
         closed = await client.closed()
-    assert_closed_as(closed, stack.session.proc, tracker.id(), "frame_too_large")
+    assert (closed.code, closed.error) == (1009, None), closed
+    (line,) = close_lines(stack.session.proc, tracker.id())
+    assert (line["reason"], line["client_close_code"], line["level"]) == ("frame_too_large", 1009, "warning"), line
+    assert len(stack.session.proc.events("ws_open", connection_id=tracker.id())) == 1
 
 
 # -- F03 ---------------------------------------------------------------------------------------------
@@ -477,11 +479,6 @@ async def test_F40_one_open_and_one_close_line_per_connection_with_code_and_dura
     assert new == set(expected), "every connection opened here has exactly its own lines"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Hypercorn reports every client-initiated close to the app as 1006, so ws_close says "
-    "client_close_code=1006 for a normal 1000 close; reported to the lead",
-)
 @pytest.mark.trio
 async def test_F40_client_close_code_is_logged_as_sent(stack: Stack) -> None:
     user, project = await _user_project(stack)

@@ -1,8 +1,7 @@
 """``tether_session.asgi_ws.AsgiWebsocket`` on scripted ASGI callables (in-process, asyncio).
 
 The black-box side (a real Hypercorn, real sockets) is ``tests/session/test_asgi_ws.py``;
-here: what the adapter promises :class:`~tether_session.connection.Connection` and what it
-does to the scope it keeps for the connection's lifetime (memory per idle session).
+here: what the adapter promises :class:`~tether_session.connection.Connection`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from typing import Any, cast
 
 import pytest
 
+from tether_kit.hypercorn_adapter import TRANSPORT_ERROR_KEY
 from tether_session import asgi_ws
 from tether_session.asgi_ws import AsgiWebsocket
 
@@ -73,27 +73,6 @@ def test_headers_are_case_insensitive_and_remote_addr_is_the_peer_never_a_header
     assert _ws(Peer(), scope).headers.get("Remote-Addr") == "<local>"
 
 
-def test_accept_keeps_only_origin_and_shares_the_values_every_connection_has() -> None:
-    async def main() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-        first, second = _scope(50001), _scope(50002)
-        peer = Peer()
-        for scope in (first, second):
-            await _ws(peer, scope).accept()
-        return first, second, peer.sent
-
-    first, second, sent = asyncio.run(main())
-    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.accept"]
-    assert first["headers"] == [(b"origin", b"https://app.tether.test")]
-    for key in ("asgi", "extensions", "state", "subprotocols", "server", "path", "raw_path"):
-        assert first[key] is second[key], key  # one object, equal to what Hypercorn built
-    assert first["asgi"] == {"spec_version": "2.3", "version": "3.0"}
-    assert first["client"] == ("127.0.0.1", 50001)
-    assert second["client"] == ("127.0.0.1", 50002)
-    no_origin = _scope(50003, headers=[(b"host", b"x")])
-    asyncio.run(_ws(Peer(), no_origin).accept())
-    assert no_origin["headers"] == []
-
-
 def test_receive_returns_text_and_bytes_and_skips_the_connect_event() -> None:
     peer = Peer(
         {"type": "websocket.connect"},
@@ -120,7 +99,7 @@ def test_a_disconnect_cancels_the_handler_from_the_reader_and_records_the_close_
     async def handler() -> None:
         await ws.accept()
         task = asyncio.create_task(reader())
-        peer.inbox.put_nowait({"type": "websocket.disconnect", "code": 1006})
+        peer.inbox.put_nowait({"type": "websocket.disconnect", "code": 1009, TRANSPORT_ERROR_KEY: "frame_too_large"})
         try:
             await asyncio.Event().wait()  # the writer, waiting for events: only a cancel ends it
         except asyncio.CancelledError:
@@ -136,7 +115,7 @@ def test_a_disconnect_cancels_the_handler_from_the_reader_and_records_the_close_
 
     asyncio.run(main())
     assert seen == {"handler_cancelled": True, "reader_cancelled": True}
-    assert scope["tether.client_close_code"] == 1006
+    assert (ws.client_close_code, ws.transport_error) == (1009, "frame_too_large")
     assert ws.gone
 
 

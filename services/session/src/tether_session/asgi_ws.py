@@ -7,8 +7,10 @@ every header.  :class:`~tether_session.connection.Connection` needs none of it; 
 
 * ``headers.get(name)`` (``Origin``, and Quart's ``Remote-Addr``: the peer address from the
   scope's ``client``, never a header the client sent);
-* ``scope`` (the ASGI scope; the client's close code is stored there under
-  ``tether.client_close_code`` for the ``ws_close`` log line);
+* ``client_close_code`` and ``transport_error`` for the ``ws_close`` log line: what the
+  server's ``websocket.disconnect`` said (Tether's Hypercorn adapter,
+  :mod:`tether_kit.hypercorn_adapter`, reports the code of the client's close frame, and names
+  the closes it decided itself: 1007 ``invalid_utf8``, 1009 ``frame_too_large``);
 * ``await send(text)``, ``await receive()`` (-> ``str | bytes``), ``await close(code, reason)``.
 
 :class:`AsgiWebsocket` provides exactly that on the ASGI callables: ``receive()`` awaits
@@ -31,30 +33,12 @@ from typing import Any, cast, overload
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
+from tether_kit.hypercorn_adapter import TRANSPORT_ERROR_KEY
+
 # After the session closed the socket: how long to wait for the client's close reply (the
 # closing handshake) while draining what it still sends.  Hypercorn's queue towards the app
 # is bounded; returning while it is full would block Hypercorn on the final disconnect event.
 CLOSE_HANDSHAKE_S = 2.0
-
-
-# Scope values that are equal on every connection (ASGI versions, extensions, the server address,
-# the path...) but built anew for each by Hypercorn: one shared object each instead (~0.5 KB per
-# session).  Nothing mutates a WebSocket scope's values after accept.
-_SHARED_KEYS = ("asgi", "extensions", "state", "subprotocols", "http_version", "server", "path", "raw_path")
-_shared: dict[tuple[str, str], Any] = {}
-
-
-def _share_scope_values(scope: dict[str, Any]) -> None:
-    for key in _SHARED_KEYS:
-        value = scope.get(key)
-        if value is None:
-            continue
-        marker = (key, repr(value))
-        if len(marker[1]) > 200:
-            continue
-        shared = _shared.setdefault(marker, value) if len(_shared) < 64 else _shared.get(marker, value)
-        if shared is not value and shared == value:
-            scope[key] = shared
 
 
 class ScopeHeaders:
@@ -85,7 +69,17 @@ class ScopeHeaders:
 class AsgiWebsocket:
     """One WebSocket on the ASGI callables: what :class:`Connection` uses, nothing per message kept."""
 
-    __slots__ = ("_handler", "_receive", "_send", "accepted", "close_sent", "gone", "scope")
+    __slots__ = (
+        "_client_close_code",
+        "_handler",
+        "_receive",
+        "_send",
+        "_transport_error",
+        "accepted",
+        "close_sent",
+        "gone",
+        "scope",
+    )
 
     def __init__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         self.scope = cast(dict[str, Any], scope)
@@ -95,6 +89,19 @@ class AsgiWebsocket:
         self.accepted = False
         self.close_sent = False
         self.gone = False  # the client's side is closed (websocket.disconnect received)
+        self._client_close_code: int | None = None
+        self._transport_error: str | None = None
+
+    @property
+    def client_close_code(self) -> int | None:
+        """The code of the client's close frame, or of the close the server decided (1007, 1009), from
+        ``websocket.disconnect``: 1006 when the link dropped without one; None while the socket is open."""
+        return self._client_close_code
+
+    @property
+    def transport_error(self) -> str | None:
+        """Why the server closed below the app (``invalid_utf8``, ``frame_too_large``, ...), else None."""
+        return self._transport_error
 
     @property
     def headers(self) -> ScopeHeaders:
@@ -103,17 +110,13 @@ class AsgiWebsocket:
     async def accept(self) -> None:
         """Accept the upgrade; the calling task becomes the handler a client disconnect cancels.
 
-        The request headers are released here but for ``Origin`` (the ``ws_open`` line names it):
-        the scope lives as long as the connection, and a browser's headers (cookies, user agent)
-        are often a kilobyte or more.  Hypercorn does not read them after the handshake.
+        The server keeps only ``Origin`` of the request headers from here on (the adapter's lean
+        scope): ``headers`` serves ``Origin`` and ``Remote-Addr`` after accept.
         """
         if not self.accepted:
             self._handler = asyncio.current_task()
             self.accepted = True
             await self._send({"type": "websocket.accept", "subprotocol": None, "headers": []})
-            headers: Iterable[tuple[bytes, bytes]] = self.scope["headers"]
-            self.scope["headers"] = [h for h in headers if h[0].lower() == b"origin"][:1]
-            _share_scope_values(self.scope)
 
     async def send(self, data: str | bytes) -> None:
         if isinstance(data, str):
@@ -132,7 +135,8 @@ class AsgiWebsocket:
                 return cast(str | bytes, data if data is not None else event["text"])
             if kind == "websocket.disconnect":
                 self.gone = True
-                self.scope["tether.client_close_code"] = event.get("code")
+                self._client_close_code = event.get("code")
+                self._transport_error = event.get(TRANSPORT_ERROR_KEY)
             # websocket.connect (before accept) is skipped
         handler = self._handler
         if handler is not None and handler is not asyncio.current_task() and not handler.done():

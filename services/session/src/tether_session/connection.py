@@ -88,14 +88,14 @@ class Connection:
                 host.replica.unregister(self)
                 host.metrics.connections_open.dec()
                 code = self.close_code
-                reason = self.close_reason or "client_closed"
+                reason = self.close_reason or self.ws.transport_error or "client_closed"
                 host.metrics.closes.labels(str(code) if code else "client", reason).inc()
                 host.log.log(
-                    self.close_level,
+                    "warning" if self.ws.transport_error and not self.close_reason else self.close_level,
                     "ws_close",
                     code=code,
                     reason=reason,
-                    client_close_code=self.ws.scope.get("tether.client_close_code"),
+                    client_close_code=self.ws.client_close_code,
                     state=self.machine.state.value,
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
                     delivered=self.delivered,
