@@ -33,7 +33,7 @@ def test_the_installed_version_is_the_one_the_adapter_was_written_for(package: s
 def test_the_hooks_the_adapter_overrides_still_exist() -> None:
     for cls, names in (
         (ws_stream.WSStream, ("handle", "app_send", "_accept", "_handle_events", "_send_wsproto_event")),
-        (hypercorn_h11.H11Protocol, ("_check_protocol", "_create_stream")),
+        (hypercorn_h11.H11Protocol, ("_check_protocol", "_create_stream", "_send_error_response")),
     ):
         for name in names:
             assert callable(getattr(cls, name, None)), f"{cls.__qualname__}.{name} is gone: re-read the adapter"

@@ -37,6 +37,10 @@ connection under the close frame while the client's unread data is still arrivin
    object each, the empty state a read-only one; and the stream's handshake object is released
    (after accept Hypercorn reads only its ``accepted`` flag).  Nothing reads or mutates them later.
 
+6. **A request the HTTP parser refuses** (a NUL in a header, a control character in the request
+   line) is answered with the service's problem+json body, an ``X-Request-ID`` and one log line
+   (:data:`MalformedAnswer`, given by the caller), not Hypercorn's bare empty 400.
+
 Tether's services speak HTTP/1.1 only (TLS and HTTP/2 end at the proxy): an ``Upgrade: h2c``
 header is ignored, as RFC 9110 allows, and an HTTP/2 preface is an unknown request.
 """
@@ -66,6 +70,10 @@ from hypercorn.utils import parse_socket_addr
 from wsproto.connection import ConnectionState as WsState
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
+
+MalformedAnswer = Callable[[int], tuple[list[tuple[bytes, bytes]], bytes]]
+"""Given the status Hypercorn would send for a request h11 could not parse: the headers and body to
+send instead (the caller writes its log line there)."""
 
 TRANSPORT_ERROR_KEY: Final = "tether.transport_error"
 """Key of the ``websocket.disconnect`` event naming a close the adapter decided (None otherwise)."""
@@ -199,6 +207,18 @@ class TetherH11Protocol(H11Protocol):
     """Hypercorn's HTTP/1.1 protocol making a :class:`TetherWSStream` for each WebSocket upgrade."""
 
     ws_stream_class: type[TetherWSStream] = TetherWSStream
+    malformed: MalformedAnswer | None = None
+
+    async def _send_error_response(self, status_code: int) -> None:
+        answer = type(self).malformed
+        if answer is None:
+            await super()._send_error_response(status_code)
+            return
+        headers, body = answer(status_code)
+        length = [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=[*length, *headers]))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
 
     async def _check_protocol(self, event: h11.Request) -> None:
         return  # HTTP/1.1 only: no switch to HTTP/2 (module docstring)
@@ -268,9 +288,15 @@ class _TetherTCPServer(TCPServer):
             await self._close()
 
 
-def _server_class(deflate: bool, address: tuple[str, int] | None) -> type[_TetherTCPServer]:
+def _server_class(
+    deflate: bool, address: tuple[str, int] | None, malformed: MalformedAnswer | None
+) -> type[_TetherTCPServer]:
     stream = type("TetherWSStream", (TetherWSStream,), {"deflate": deflate, "server_address": address})
-    protocol = type("TetherH11Protocol", (TetherH11Protocol,), {"ws_stream_class": stream})
+    protocol = type(
+        "TetherH11Protocol",
+        (TetherH11Protocol,),
+        {"ws_stream_class": stream, "malformed": staticmethod(malformed) if malformed else None},
+    )
     return type("TetherTCPServer", (_TetherTCPServer,), {"protocol_class": protocol})
 
 
@@ -281,6 +307,7 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     deflate: bool = False,
+    malformed: MalformedAnswer | None = None,
 ) -> None:
     """Serve ``app`` on the listening ``sock`` (plain TCP, HTTP/1.1) until ``shutdown_trigger`` returns.
 
@@ -299,7 +326,7 @@ async def serve(
         raise cast(BaseException, lifespan_task.exception())
 
     context = WorkerContext(None)
-    server_class = _server_class(deflate, parse_socket_addr(sock.family, sock.getsockname()))
+    server_class = _server_class(deflate, parse_socket_addr(sock.family, sock.getsockname()), malformed)
     connections: set[asyncio.Task[None]] = set()
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -14,17 +14,38 @@ frames are small JSON on loopback or a data-centre network (figures in ``bench/N
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import socket
+import uuid
 from collections.abc import Awaitable, Callable
 
 import uvloop
 from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
-from .hypercorn_adapter import serve
+from .http import PROBLEM_JSON, REQUEST_ID_HEADER
+from .hypercorn_adapter import MalformedAnswer, serve
 from .logs import JsonLogger, LibraryLogHandler
+
+_MALFORMED_CODES = {413: ("http_request_too_large", "Request too large")}
+
+
+def malformed_answer(log: JsonLogger) -> MalformedAnswer:
+    """The problem+json answer (and its one log line) to a request the HTTP parser refused."""
+
+    def answer(status: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        code, title = _MALFORMED_CODES.get(status, ("http_bad_request", "Bad request"))
+        request_id = uuid.uuid4().hex
+        detail = "the HTTP parser refused the request (malformed request line or header)"
+        log.warning("http_error", code=code, status=status, detail=detail, request_id=request_id)
+        body = {"type": f"https://tether.dev/errors/{code}", "title": title, "status": status, "code": code}
+        body |= {"detail": detail, "request_id": request_id}
+        headers = [(b"content-type", PROBLEM_JSON.encode()), (REQUEST_ID_HEADER.lower().encode(), request_id.encode())]
+        return headers, json.dumps(body).encode()
+
+    return answer
 
 
 def make_socket(host: str, port: int) -> socket.socket:
@@ -74,7 +95,14 @@ def run(
                 await drain()
 
         log.info("listening", host=host, port=sock.getsockname()[1])
-        await serve(app, config, sock, shutdown_trigger=shutdown_trigger, deflate=websocket_deflate)
+        await serve(
+            app,
+            config,
+            sock,
+            shutdown_trigger=shutdown_trigger,
+            deflate=websocket_deflate,
+            malformed=malformed_answer(log),
+        )
         log.info("stopped")
 
     try:
