@@ -14,11 +14,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
+from tests.support.rawws import RawWs
 from tests.support.session import Stack, StackFactory, close_catalogue
 from tests.support.waiting import await_until, scaled
 
 from .helpers import TokenSource, note_events, replica_metrics, rss_mb
-from .rawws import RawWs
 
 CONCURRENCY = 50
 WARM_UP = 500
@@ -91,7 +91,7 @@ class Cycler:
                 await self._ready(ready)
                 await ws.events_until(lambda e: e["seq"] >= min(ready["last_seq"], 5))
         elif kind == "abort_after_ready":  # INIT, ready, then the TCP connection just goes away
-            raw = await RawWs.connect(self.host, self.port)
+            raw = await RawWs.connect(f"ws://{self.host}:{self.port}/v1/ws")
             try:
                 await raw.send(self._init(await self.tokens.token(self.api_key), project))
                 frames = await raw.read_frames(until=lambda f: f["type"] in ("ready", "error"))
@@ -101,7 +101,7 @@ class Cycler:
                 raise ConnectionClosed(_Reason(frames[-1]["close_code"], frames[-1]["code"]))
             await self._ready(frames[-1])
         elif kind == "abort_before_init":  # gone before INIT
-            raw = await RawWs.connect(self.host, self.port)
+            raw = await RawWs.connect(f"ws://{self.host}:{self.port}/v1/ws")
             await raw.aclose()
         elif kind == "refused":  # refused INIT (unknown token): the server closes
             async with self.stack.ws() as ws:

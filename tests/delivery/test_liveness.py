@@ -12,11 +12,11 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
+from tests.support.rawws import RawWs
 from tests.support.session import Stack, StackFactory, close_catalogue
 from tests.support.waiting import await_until, pace, scaled
 
 from .helpers import Publisher, describe_gaps, log_seqs, note_events, replica_metrics
-from .rawws import RawWs
 
 HEARTBEAT_TIMEOUT_MS = 800
 HEARTBEAT_INTERVAL_MS = 200
@@ -149,7 +149,7 @@ async def test_F25_slow_consumer_is_closed_retryable_and_resumes_without_loss(st
                     fast_seqs.append(frame["seq"])
 
         nursery.start_soon(read_fast)
-        stalled = await RawWs.connect(url.hostname, url.port, rcvbuf=4096)
+        stalled = await RawWs.connect(f"ws://{url.hostname}:{url.port}/v1/ws", rcvbuf=4096)
         token = await tight.token(user.api_key)
         await stalled.send(
             {"type": "init", "v": 1, "token": token, "project": {"id": project["id"]}, "client_id": "slow"}

@@ -9,27 +9,19 @@
   catalogue entry, the error frame is the last frame, and the replica wrote exactly one
   ``ws_open`` and one ``ws_close`` line for the connection, at warning/error level, with
   the reason, the code and the ids known at that point.
-* :class:`RawWs` is a WebSocket client on a raw socket with a tiny receive buffer, which
-  reads only when told to: a consumer that stalls for real (slow_consumer).
+* :class:`~tests.support.rawws.RawWs` (re-exported here) is the raw-socket WebSocket client.
 """
 
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import trio
 from trio_websocket import open_websocket_url
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, Request, TextMessage
 
 from tests.support.procs import ServiceProcess
-from tests.support.session import ALLOWED_ORIGIN, Closed, SessionReplica, WsClient, check_server_frame, close_catalogue
+from tests.support.session import ALLOWED_ORIGIN, Closed, SessionReplica, WsClient, close_catalogue
 from tests.support.waiting import scaled, wait_until
 
 CATALOGUE = close_catalogue()
@@ -151,101 +143,3 @@ def assert_closed_as(
 
 def init_frame(token: str, project: dict[str, str], **extra: Any) -> dict[str, Any]:
     return {"type": "init", "v": 1, "token": token, "project": project, "client_id": "test", **extra}
-
-
-@dataclass
-class RawClosed:
-    frames: list[dict[str, Any]]
-    code: int | None
-    reason: str | None
-
-    def as_closed(self) -> Closed:
-        errors = [f for f in self.frames if f["type"] == "error"]
-        return Closed(self.code, self.reason, errors[-1] if errors else None, self.frames)
-
-
-class RawWs:
-    """A WebSocket client on a raw socket (wsproto) whose receive buffer is tiny, and which
-    reads from the socket only inside :meth:`recv_frame` / :meth:`read_until_closed`."""
-
-    def __init__(self, sock: trio.socket.SocketType, conn: WSConnection) -> None:
-        self.sock = sock
-        self.conn = conn
-        self._pending: list[Any] = []
-        self._text: list[str] = []
-
-    @classmethod
-    async def connect(cls, url: str, *, origin: str = ALLOWED_ORIGIN, rcvbuf: int = 4096) -> RawWs:
-        parts = urlsplit(url)
-        assert parts.hostname is not None
-        assert parts.port is not None
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: fixes the window
-        with trio.fail_after(scaled(10)):
-            await sock.connect((parts.hostname, parts.port))
-        conn = WSConnection(ConnectionType.CLIENT)
-        raw = cls(sock, conn)
-        request = Request(
-            host=f"{parts.hostname}:{parts.port}", target=parts.path, extra_headers=[(b"origin", origin.encode())]
-        )
-        await raw._send(conn.send(request))
-        event = await raw._next_event()
-        if isinstance(event, RejectConnection):
-            raise AssertionError(f"handshake rejected with {event.status_code}")
-        assert isinstance(event, AcceptConnection), event
-        return raw
-
-    async def _send(self, data: bytes) -> None:
-        with trio.fail_after(scaled(10)):
-            view = memoryview(data)
-            while view:
-                sent = await self.sock.send(view)
-                view = view[sent:]
-
-    async def _next_event(self, timeout: float = 10.0) -> Any:
-        with trio.fail_after(scaled(timeout)):
-            while not self._pending:
-                self._pending.extend(self.conn.events())
-                if self._pending:
-                    break
-                data = await self.sock.recv(65536)
-                if not data:
-                    raise AssertionError("the server ended the TCP connection without a close frame")
-                self.conn.receive_data(data)
-        return self._pending.pop(0)
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self._send(self.conn.send(TextMessage(data=json.dumps(frame))))
-
-    async def recv_frame(self, timeout: float = 10.0) -> dict[str, Any]:
-        """The next complete text frame (schema-checked); raises on a close."""
-        while True:
-            event = await self._next_event(timeout)
-            if isinstance(event, TextMessage):
-                self._text.append(event.data)
-                if event.message_finished:
-                    text, self._text = "".join(self._text), []
-                    return check_server_frame(text)
-            elif isinstance(event, CloseConnection):
-                raise AssertionError(f"closed with {event.code} {event.reason!r} while a frame was expected")
-            else:
-                raise AssertionError(f"unexpected WebSocket event {event!r}")
-
-    async def read_until_closed(self, timeout: float = 30.0) -> RawClosed:
-        """Read (and schema-check) every frame until the server's close frame."""
-        frames: list[dict[str, Any]] = []
-        with trio.fail_after(scaled(timeout)):
-            while True:
-                event = await self._next_event(timeout)
-                if isinstance(event, TextMessage):
-                    self._text.append(event.data)
-                    if event.message_finished:
-                        text, self._text = "".join(self._text), []
-                        frames.append(check_server_frame(text))
-                elif isinstance(event, CloseConnection):
-                    return RawClosed(frames, event.code, event.reason)
-                else:
-                    raise AssertionError(f"unexpected WebSocket event {event!r}")
-
-    def close(self) -> None:
-        self.sock.close()

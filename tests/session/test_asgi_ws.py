@@ -27,10 +27,11 @@ from wsproto.events import CloseConnection, TextMessage
 
 from tests.support.contract import PROBLEM_JSON, async_client
 from tests.support.metrics import Metrics, scrape
+from tests.support.rawws import RawWs
 from tests.support.session import ALLOWED_ORIGIN, SESSION_CONTRACT, SessionReplica, Stack
 from tests.support.waiting import await_until, scaled, wait_until
 
-from .helpers import CATALOGUE, NewConnection, RawWs, close_lines, ws_to
+from .helpers import CATALOGUE, NewConnection, close_lines, ws_to
 
 
 async def _metrics(replica: SessionReplica) -> Metrics:

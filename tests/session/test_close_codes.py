@@ -68,6 +68,7 @@ from tests.support.contract import async_client, sync_client
 from tests.support.metrics import Metrics, parse_metrics, scrape
 from tests.support.pg import PgServer, aquery
 from tests.support.procs import ServiceProcess
+from tests.support.rawws import RawWs
 from tests.support.session import (
     CLOSE_CODES_PATH,
     SESSION_CONTRACT,
@@ -83,7 +84,6 @@ from tether_dev.pg import free_port
 from .helpers import (
     CATALOGUE,
     NewConnection,
-    RawWs,
     assert_closed_as,
     init_frame,
     ws_to,

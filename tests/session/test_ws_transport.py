@@ -19,10 +19,11 @@ import trio
 from wsproto.events import CloseConnection
 
 from tests.support.auth import UserCredentials
+from tests.support.rawws import RawWs
 from tests.support.session import Stack
 from tests.support.waiting import scaled
 
-from .helpers import NewConnection, RawWs, close_lines, init_frame
+from .helpers import NewConnection, close_lines, init_frame
 
 NOT_UTF8 = b'{"type":"init","v":1,"client_id":"\xff\xfe"}'
 

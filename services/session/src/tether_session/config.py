@@ -93,7 +93,7 @@ class Config:
             retention_events=env.env_int("TETHER_RETENTION_EVENTS", 0),
             retention_interval_s=env.env_float("TETHER_RETENTION_INTERVAL_S", 30.0),
             max_connections=env.env_int("TETHER_MAX_CONNECTIONS", 20000),
-            shed_loop_lag_ms=env.env_float("TETHER_SHED_LOOP_LAG_MS", 250.0),
+            shed_loop_lag_ms=env.env_float("TETHER_SHED_LOOP_LAG_MS", 500.0),
             shed_handshakes=env.env_int("TETHER_SHED_HANDSHAKES", 500),
             shed_append_queue=env.env_int("TETHER_SHED_APPEND_QUEUE", 1000),
             connect_capacity_per_s=env.env_float("TETHER_CONNECT_CAPACITY_PER_S", 500.0),

@@ -3,9 +3,10 @@
 Signals, each against a configured limit (``TETHER_SHED_*``, derived from the benchmark's
 measured capacity, see the README's Capacity section):
 
-* ``loop_lag``: how late the event loop runs a timer (a probe every ``PROBE_S``; the largest
-  lag of the last few probes).  Every task on the replica waits at least that long, so past
-  the limit new work only makes everyone later.
+* ``loop_lag``: how late the event loop runs a timer, sustained (a probe every ``PROBE_S``; the
+  *smallest* lag of the last ``PROBES_KEPT`` probes, so one pause — a GC, one slow callback —
+  does not trip it, and a loop that is late on every probe does).  Every task on the replica
+  waits at least that long, so past the limit new work only makes everyone later.
 * ``handshakes``: connections accepted but not yet ready (INIT being authenticated).  Each
   costs a token consume and a project read; a connect storm piles them up.
 * ``append_queue``: appends waiting for the group commit (ingest and prompts).
@@ -29,7 +30,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from tether_kit.shedding import Pacer, ShedLog
 
 PROBE_S = 0.05
-PROBES_KEPT = 10  # the lag signal is the worst of the last half second
+PROBES_KEPT = 10  # the lag signal: late on every probe of the last half second (at least)
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,14 @@ class Load:
         self.shedding = Gauge(
             "tether_load_shedding", "1 while the signal is over its limit", ["signal"], registry=registry
         )
-        self.lag_gauge = Gauge("tether_event_loop_lag_seconds", "Recent worst event-loop lag", registry=registry)
+        self.lag_gauge = Gauge(
+            "tether_event_loop_lag_seconds", "Sustained event-loop lag (least of the recent probes)", registry=registry
+        )
 
     # -- signals -----------------------------------------------------------------------------------
     @property
     def loop_lag_ms(self) -> float:
-        return max(self._lags) * 1000
+        return min(self._lags) * 1000
 
     def over(self, *signals: str) -> str | None:
         """The first of ``signals`` that is over its limit now, or None."""
