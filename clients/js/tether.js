@@ -86,7 +86,7 @@ function backoffCeiling(attempt, { baseMs = 250, capMs = 15000 } = {}) {
  * @param {() => number} [random]
  */
 export function pacedDelay(retryAfterMs, attempt, backoff = {}, random = Math.random) {
-  const told = Math.min(nonNegInt(retryAfterMs), backoff.maxRetryAfterMs ?? 60000);
+  const told = Math.min(waitMs(retryAfterMs), backoff.maxRetryAfterMs ?? 60000);
   if (told === 0) return backoffDelay(attempt, backoff, random);
   return told + Math.floor(random() * Math.min(told, backoffCeiling(attempt, backoff)));
 }
@@ -125,6 +125,11 @@ function clampTimer(ms) {
 
 function nonNegInt(x) {
   return Number.isSafeInteger(x) && x >= 0 ? x : 0;
+}
+
+/** A wait we were told, in whole ms (a Retry-After of 1.0005 s must not round to "no wait"). */
+function waitMs(x) {
+  return Number.isFinite(x) && x > 0 ? Math.ceil(x) : 0;
 }
 
 function networkName(code) {
@@ -363,7 +368,7 @@ export class TetherClient {
         message: err?.message || 'Could not get a connection token.',
         action: err?.action ?? 'refresh_token',
         retryable: err?.retryable !== false,
-        retryAfterMs: nonNegInt(err?.retryAfterMs),
+        retryAfterMs: waitMs(err?.retryAfterMs),
         source: 'token',
       };
       this.#emit('error', verdict);
@@ -609,7 +614,7 @@ export class TetherClient {
   }
 
   #scheduleReconnect(verdict) {
-    const retryAfterMs = Math.min(nonNegInt(verdict.retryAfterMs), this.#backoff.maxRetryAfterMs);
+    const retryAfterMs = Math.min(waitMs(verdict.retryAfterMs), this.#backoff.maxRetryAfterMs);
     const delayMs = pacedDelay(retryAfterMs, this.#attempt, this.#backoff, this.#random);
     this.#attempt++;
     this.#notBefore = Date.now() + retryAfterMs;
@@ -749,9 +754,13 @@ export class TetherClient {
       token = await this.#fetchToken();
     } catch (err) {
       if (this.#conn !== conn) return;
-      this.#emit('error', { code: null, name: err?.failureName ?? 'token_unavailable', message: err?.message ?? String(err), action: 'refresh_token', retryable: true, source: 'token' });
+      const retryAfterMs = Math.min(waitMs(err?.retryAfterMs), this.#backoff.maxRetryAfterMs);
+      this.#emit('error', { code: null, name: err?.failureName ?? 'token_unavailable', message: err?.message ?? String(err), action: 'refresh_token', retryable: true, retryAfterMs, source: 'token' });
       const remaining = expires - (Date.now() + conn.clockOffset);
-      if (remaining > 1000) conn.timers.reauth = setTimeout(() => this.#reauth(conn, expires), clampTimer(Math.min(5000, remaining / 2)));
+      // Told when to ask again: not sooner, even if the session runs out meanwhile (the
+      // server then closes with session_expired and the reconnect is paced the same way).
+      const again = Math.max(Math.min(5000, remaining / 2), retryAfterMs);
+      if (remaining > 1000) conn.timers.reauth = setTimeout(() => this.#reauth(conn, expires), clampTimer(again));
       return; // otherwise the server closes with session_expired and we reconnect with a new token
     }
     this.#sendFrame(conn, { type: 'reauth', v: PROTOCOL_VERSION, token });

@@ -242,3 +242,42 @@ test('F32 a request-scoped error frame without client_msg_id is a protocol error
   assert.equal(errors[0].name, 'protocol_error');
   assert.equal(server.sockets[0].closedWith.code, 3000);
 });
+
+test('F05 a fractional Retry-After (seconds * 1000) is still a wait, rounded up', async () => {
+  const fetchedAt = [];
+  const getToken = async () => {
+    fetchedAt.push(Date.now());
+    if (fetchedAt.length === 1) throw new TetherError('busy', { name: 'overloaded', retryable: true, retryAfterMs: 1.0005 * 40 });
+    return `tok-${fetchedAt.length}-${'x'.repeat(40)}`;
+  };
+  const server = makeServer();
+  const { client } = makeClient(server, { getToken, backoff: { baseMs: 1, capMs: 2 } });
+  const states = record(client, 'state');
+  await client.connect();
+  assert.equal(states.find((s) => s.delayMs !== undefined).delayMs >= 41, true);
+  assert.ok(fetchedAt[1] - fetchedAt[0] >= 40);
+});
+
+test('F05 a reauth token answered with Retry-After asks again no sooner than told', async () => {
+  const fetchedAt = [];
+  const getToken = async () => {
+    fetchedAt.push(Date.now());
+    if (fetchedAt.length === 2) throw new TetherError('busy', { name: 'overloaded', retryable: true, retryAfterMs: 1500 });
+    return `tok-${fetchedAt.length}-${'x'.repeat(40)}`;
+  };
+  const server = makeServer({
+    onInit: (sock) => sock.deliver(readyFrame({ session_expires_at: new Date(Date.now() + 2500).toISOString() })),
+    onFrame: (sock, f) => {
+      if (f.type === 'reauth') sock.deliver({ type: 'reauth_ok', v: 1, session_expires_at: new Date(Date.now() + 3600_000).toISOString() });
+    },
+  });
+  const { client } = makeClient(server, { getToken, reauthFraction: 0.04 });
+  const errors = record(client, 'error');
+  await client.connect();
+  await waitFor(() => server.sockets[0].frames('reauth').length === 1, { timeout: 5000, what: 'the paced reauth' });
+  // The first reauth came at ~100 ms and was refused; the old rule asked again at half the
+  // remaining lifetime (~1.2 s); told 1.5 s, the client waits that long.
+  assert.ok(fetchedAt[2] - fetchedAt[1] >= 1495, `asked again after ${fetchedAt[2] - fetchedAt[1]} ms`);
+  assert.equal(errors[0].retryAfterMs, 1500);
+  assert.equal(server.sockets.length, 1);
+});

@@ -181,3 +181,30 @@ async def test_F21_a_prompt_refused_for_good_fails_alone_and_the_session_goes_on
             assert await session.send("accepted") == 4
         assert session.pending_prompts == 0
     assert len(server.conns) == 1
+
+
+async def test_F05_a_reauth_token_answered_with_retry_after_is_asked_for_again_no_sooner(
+    nursery: trio.Nursery,
+) -> None:
+    async def expiring(conn: Conn) -> None:
+        await conn.ready(expires_in_s=4.0)
+        await conn.recv("reauth")
+        await conn.send({"type": "reauth_ok", "v": 1, "session_expires_at": "2999-01-01T00:00:00+00:00"})
+        await conn.until_closed()
+
+    asked_at: list[float] = []
+    tokens = Tokens()
+
+    async def busy_once() -> str:
+        asked_at.append(trio.current_time())
+        if len(asked_at) == 2:  # the first reauth token
+            raise TetherHTTPError(503, "overloaded", "busy", None, retry_after_s=1.5)
+        return await tokens()
+
+    server = await FakeServer([expiring]).start(nursery)
+    async with open_session(server.url, PROJECT, busy_once, reauth_margin_s=1.0, **FAST) as session:
+        await until(lambda: session.stats.reauths == 1, timeout=10)
+        assert len(server.conns) == 1
+    # The first reauth came 3 s in; the old rule asked again after 0.5 s (a quarter of the
+    # remaining second); told 1.5 s, the session waits that long.
+    assert asked_at[2] - asked_at[1] >= 1.5

@@ -345,7 +345,11 @@ class Connector:
                     await self.close(conn, failed_request("reauth token", exc))
                     return
                 log.warning("reauth: could not get a token (%s); trying again", exc)
-                await trio.sleep(min(5.0, max(0.5, (conn.expires_at - server_now).total_seconds() / 4)))
+                # Told when to ask again: not sooner, even if the session runs out meanwhile
+                # (the server then closes with session_expired; the reconnect is paced too).
+                told = exc.retry_after_s if isinstance(exc, TetherHTTPError) else None
+                soon = min(5.0, max(0.5, (conn.expires_at - server_now).total_seconds() / 4))
+                await trio.sleep(max(soon, min(told or 0.0, self.options.max_retry_after_s)))
                 continue
             conn.reauth_ok = trio.Event()
             if not await self._write(conn, reauth_frame(token)):
