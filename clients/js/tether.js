@@ -14,6 +14,10 @@
 // for batched delivery (INIT batch: true): an `events` frame carries several consecutive
 // events, each handled exactly as if it had arrived alone in its own `event` frame.  Retryable closes reconnect
 // with capped exponential backoff and full jitter; terminal ones stop and say why (F32).
+// An answer that says when to come back (an `overloaded` close or token answer with
+// retry_after_ms / Retry-After) is pacing: the client waits that long plus its own jitter
+// and carries on, however often it is told.  A prompt the server refuses on its own
+// (an error frame with scope `request`) stays queued and is re-sent the same way.
 
 export const PROTOCOL_VERSION = 1;
 
@@ -34,7 +38,7 @@ export const CLIENT_CLOSE_CODES = Object.freeze({
   SERVER_ERROR_NO_CLOSE: 3003, // the server sent an `error` frame but did not close
 });
 
-const EVENT_TYPES = new Set(['event', 'state', 'ready', 'error', 'ack']);
+const EVENT_TYPES = new Set(['event', 'state', 'ready', 'error', 'ack', 'queued']);
 const WS_OPEN = 1;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const ID_PATTERN = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -64,8 +68,27 @@ export class TetherError extends Error {
  * @param {() => number} [random] returns [0, 1)
  */
 export function backoffDelay(attempt, { baseMs = 250, capMs = 15000 } = {}, random = Math.random) {
-  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(Math.max(attempt, 0), 40));
-  return Math.floor(random() * ceiling);
+  return Math.floor(random() * backoffCeiling(attempt, { baseMs, capMs }));
+}
+
+function backoffCeiling(attempt, { baseMs = 250, capMs = 15000 } = {}) {
+  return Math.min(capMs, baseMs * 2 ** Math.min(Math.max(attempt, 0), 40));
+}
+
+/**
+ * The wait after being told when to come back (retry_after_ms, Retry-After): that long,
+ * capped at maxRetryAfterMs, plus this client's own jitter in [0, min(that, the backoff
+ * ceiling)), so clients told the same value do not come back in one wave.  Without a
+ * retry-after it is plain backoffDelay().
+ * @param {number} retryAfterMs
+ * @param {number} attempt
+ * @param {{baseMs?: number, capMs?: number, maxRetryAfterMs?: number}} [backoff]
+ * @param {() => number} [random]
+ */
+export function pacedDelay(retryAfterMs, attempt, backoff = {}, random = Math.random) {
+  const told = Math.min(waitMs(retryAfterMs), backoff.maxRetryAfterMs ?? 60000);
+  if (told === 0) return backoffDelay(attempt, backoff, random);
+  return told + Math.floor(random() * Math.min(told, backoffCeiling(attempt, backoff)));
 }
 
 /** http(s)://<origin of wsUrl>/v1/protocol/close-codes */
@@ -109,6 +132,11 @@ function nonNegInt(x) {
 // 1007: a text frame that is not UTF-8.
 const TRANSPORT_CLOSES = Object.freeze({ 1007: 'invalid_frame', 1009: 'frame_too_large' });
 
+/** A wait we were told, in whole ms (a Retry-After of 1.0005 s must not round to "no wait"). */
+function waitMs(x) {
+  return Number.isFinite(x) && x > 0 ? Math.ceil(x) : 0;
+}
+
 function networkName(code) {
   switch (code) {
     case 1000: return 'normal_closure';
@@ -144,8 +172,8 @@ export class TetherClient {
   #failure = null;
   #lastSeq = 0;
   #hasBaseline = false; // true once resume_from is meaningful (an event was seen, or a ready set the base)
-  #stats = { connectAttempts: 0, tokensFetched: 0, reconnects: 0, duplicatesDropped: 0, batchesReceived: 0 };
-  #outbox = new Map(); // client_msg_id -> {id, text, promise, resolve, reject, sentOn}
+  #stats = { connectAttempts: 0, tokensFetched: 0, reconnects: 0, duplicatesDropped: 0, batchesReceived: 0, promptsRequeued: 0 };
+  #outbox = new Map(); // client_msg_id -> {id, text, promise, resolve, reject, sentOn, notBefore, refusals}
   #promptTimes = []; // send times of prompts in the last minute (client-side prompts_per_minute)
   #readyWaiters = [];
   #lastReady = null;
@@ -171,7 +199,7 @@ export class TetherClient {
    * @param {() => Promise<string>} opts.getToken returns a fresh single-use connection token
    * @param {string} [opts.clientId]
    * @param {string} [opts.catalogueUrl]
-   * @param {{baseMs?: number, capMs?: number, resetAfterMs?: number}} [opts.backoff]
+   * @param {{baseMs?: number, capMs?: number, resetAfterMs?: number, maxRetryAfterMs?: number}} [opts.backoff]
    * @param {typeof WebSocket} [opts.WebSocketImpl]
    * @param {typeof fetch} [opts.fetch] used for the close-code catalogue
    * @param {boolean} [opts.batch] ask for batched delivery (`events` frames); default true
@@ -199,7 +227,9 @@ export class TetherClient {
     this.#clientId = clientId;
     this.#catalogueUrl = opts.catalogueUrl ?? catalogueUrlFor(urls[0]);
     const b = opts.backoff ?? {};
-    this.#backoff = { baseMs: b.baseMs ?? 250, capMs: b.capMs ?? 15000, resetAfterMs: b.resetAfterMs ?? 5000 };
+    this.#backoff = {
+      baseMs: b.baseMs ?? 250, capMs: b.capMs ?? 15000, resetAfterMs: b.resetAfterMs ?? 5000, maxRetryAfterMs: b.maxRetryAfterMs ?? 60000,
+    };
     this.#WS = WS;
     this.#fetch = opts.fetch ?? globalThis.fetch?.bind(globalThis);
     this.#random = opts.random ?? Math.random;
@@ -267,7 +297,7 @@ export class TetherClient {
     let reject;
     const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
     promise.catch(() => {}); // callers that await still see the rejection
-    this.#outbox.set(id, { id, text, promise, resolve, reject, sentOn: 0 });
+    this.#outbox.set(id, { id, text, promise, resolve, reject, sentOn: 0, notBefore: 0, refusals: 0 });
     if (this.#conn?.ready) this.#pumpOutbox(this.#conn);
     return promise;
   }
@@ -275,7 +305,8 @@ export class TetherClient {
   /**
    * Subscribe.  Types: 'event' (event frame), 'state' ({state, prev, failure, ...}),
    * 'ready' (ready frame), 'error' ({code, name, message, action, retryable, source, ...}),
-   * 'ack' (prompt_ack frame).  Never touches the connection.  Returns an unsubscribe function.
+   * 'ack' (prompt_ack frame), 'queued' ({clientMsgId, name, message, retryAfterMs, delayMs}:
+   * the server refused a prompt for now; it stays queued and is re-sent after delayMs).  Never touches the connection.  Returns an unsubscribe function.
    */
   on(type, fn) {
     if (!EVENT_TYPES.has(type)) throw new TypeError(`on: unknown event type ${JSON.stringify(type)}`);
@@ -342,7 +373,7 @@ export class TetherClient {
         message: err?.message || 'Could not get a connection token.',
         action: err?.action ?? 'refresh_token',
         retryable: err?.retryable !== false,
-        retryAfterMs: nonNegInt(err?.retryAfterMs),
+        retryAfterMs: waitMs(err?.retryAfterMs),
         source: 'token',
       };
       this.#emit('error', verdict);
@@ -500,6 +531,7 @@ export class TetherClient {
   }
 
   #onErrorFrame(conn, f) {
+    if (f.scope === 'request') return this.#onRequestRefused(conn, f);
     conn.errorFrame = f;
     this.#emit('error', {
       code: f.close_code, name: f.code, message: f.message, action: f.action, retryable: f.retryable,
@@ -512,6 +544,31 @@ export class TetherClient {
       this.#teardown(conn, CLIENT_CLOSE_CODES.SERVER_ERROR_NO_CLOSE, 'error frame without close');
       this.#handleClosed(conn, Number.isInteger(f.close_code) ? f.close_code : 1006);
     }, 2000);
+    return undefined;
+  }
+
+  /** The server refused one prompt and keeps the socket: pace it (or drop it when terminal). */
+  #onRequestRefused(conn, f) {
+    const id = f.client_msg_id;
+    if (typeof id !== 'string') return this.#protocolError(conn, 'The server refused a request without naming its client_msg_id.');
+    const entry = this.#outbox.get(id);
+    if (!entry) return undefined; // acknowledged meanwhile (the refusal crossed an ack)
+    if (f.retryable === false) {
+      this.#outbox.delete(id);
+      const info = { code: f.close_code ?? null, name: f.code, action: f.action, retryable: false };
+      entry.reject(new TetherError(f.message || 'The server refused the message.', info));
+      this.#emit('error', { ...info, message: f.message, clientMsgId: id, scope: 'request', source: 'server' });
+      return undefined;
+    }
+    const retryAfterMs = nonNegInt(f.retry_after_ms);
+    const delayMs = pacedDelay(retryAfterMs, entry.refusals, this.#backoff, this.#random);
+    entry.refusals++;
+    entry.sentOn = 0;
+    entry.notBefore = Date.now() + delayMs;
+    this.#stats.promptsRequeued++;
+    this.#emit('queued', { clientMsgId: id, name: f.code, message: f.message, retryAfterMs, delayMs });
+    if (this.#conn === conn) this.#pumpOutbox(conn);
+    return undefined;
   }
 
   #onClose(conn, ev) {
@@ -565,10 +622,9 @@ export class TetherClient {
   }
 
   #scheduleReconnect(verdict) {
-    const jitter = backoffDelay(this.#attempt, this.#backoff, this.#random);
+    const retryAfterMs = Math.min(waitMs(verdict.retryAfterMs), this.#backoff.maxRetryAfterMs);
+    const delayMs = pacedDelay(retryAfterMs, this.#attempt, this.#backoff, this.#random);
     this.#attempt++;
-    const retryAfterMs = nonNegInt(verdict.retryAfterMs);
-    const delayMs = Math.max(jitter, retryAfterMs);
     this.#notBefore = Date.now() + retryAfterMs;
     this.#clearRetryTimer();
     const offline = this.#isOffline();
@@ -706,9 +762,13 @@ export class TetherClient {
       token = await this.#fetchToken();
     } catch (err) {
       if (this.#conn !== conn) return;
-      this.#emit('error', { code: null, name: err?.failureName ?? 'token_unavailable', message: err?.message ?? String(err), action: 'refresh_token', retryable: true, source: 'token' });
+      const retryAfterMs = Math.min(waitMs(err?.retryAfterMs), this.#backoff.maxRetryAfterMs);
+      this.#emit('error', { code: null, name: err?.failureName ?? 'token_unavailable', message: err?.message ?? String(err), action: 'refresh_token', retryable: true, retryAfterMs, source: 'token' });
       const remaining = expires - (Date.now() + conn.clockOffset);
-      if (remaining > 1000) conn.timers.reauth = setTimeout(() => this.#reauth(conn, expires), clampTimer(Math.min(5000, remaining / 2)));
+      // Told when to ask again: not sooner, even if the session runs out meanwhile (the
+      // server then closes with session_expired and the reconnect is paced the same way).
+      const again = Math.max(Math.min(5000, remaining / 2), retryAfterMs);
+      if (remaining > 1000) conn.timers.reauth = setTimeout(() => this.#reauth(conn, expires), clampTimer(again));
       return; // otherwise the server closes with session_expired and we reconnect with a new token
     }
     this.#sendFrame(conn, { type: 'reauth', v: PROTOCOL_VERSION, token });
@@ -725,6 +785,12 @@ export class TetherClient {
     const maxBytes = conn.limits?.max_frame_bytes;
     for (const entry of this.#outbox.values()) {
       if (entry.sentOn === conn.id) continue;
+      const wait = entry.notBefore - Date.now();
+      if (wait > 0) {
+        // Held back by the server: later prompts wait behind it, so they keep their order.
+        conn.timers.pump = setTimeout(() => this.#pumpOutbox(conn), clampTimer(wait));
+        return;
+      }
       const frame = JSON.stringify({ type: 'prompt', v: PROTOCOL_VERSION, client_msg_id: entry.id, text: entry.text });
       if (maxBytes > 0 && new TextEncoder().encode(frame).length > maxBytes) {
         this.#outbox.delete(entry.id);

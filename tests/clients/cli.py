@@ -29,6 +29,7 @@ STEP_IDS = [
     "auth_readyz",
     "session_healthz",
     "session_readyz",
+    "shedding",
     "credentials",
     "project",
     "token",
@@ -95,5 +96,5 @@ def run_example(name: str, args: list[str], env: dict[str, str], *, timeout: flo
 
 
 def step_lines(out: str) -> list[str]:
-    """The doctor's step lines (✓ / ✗ / -), in order."""
-    return [line for line in out.splitlines() if line[:2] in ("✓ ", "✗ ", "- ")]
+    """The doctor's step lines (✓ / ! / ✗ / -), in order."""
+    return [line for line in out.splitlines() if line[:2] in ("✓ ", "! ", "✗ ", "- ")]

@@ -51,7 +51,14 @@ def test_F35_doctor_passes_every_step_against_a_healthy_system(stack: Stack, tmp
     lines = step_lines(run.out)
     assert len(lines) == len(STEP_IDS) + 1  # + cleanup of the temporary project
     assert all(line.startswith("✓ ") for line in lines), run.out
-    assert "all 12 checks passed" in run.out
+    assert "all 13 checks passed" in run.out
+    assert "(warning:" not in run.out
+    # Nobody loads these services: neither reports shedding (or, before admission control,
+    # neither exposes shedding metrics), and the step says so for both.
+    shedding = next(line for line in lines if line.startswith("✓ load shedding (/metrics)"))
+    assert "auth-token: " in shedding
+    assert "session: " in shedding
+    assert "shedding now (" not in shedding
     assert "INIT → ready" in run.out
     assert "batched delivery on" in run.out  # asked for by default, granted by the service
     assert "with no gap and no duplicate" in run.out
@@ -80,6 +87,7 @@ def test_F35_doctor_json_report_on_an_existing_project(stack: Stack, tmp_path: P
     assert "batched delivery off" in report["steps"][STEP_IDS.index("init_ready")]["detail"]
     assert report["ok"] is True
     assert report["failed_step"] is None
+    assert report["warnings"] == []
     assert [s["id"] for s in report["steps"]] == STEP_IDS  # nothing created, nothing to clean up
     assert all(s["status"] == "ok" and s["duration_ms"] >= 0 for s in report["steps"])
     assert slug in report["steps"][STEP_IDS.index("project")]["detail"]

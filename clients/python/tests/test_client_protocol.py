@@ -37,7 +37,7 @@ from tether_client.frames import (
     prompt_frame,
     reauth_frame,
 )
-from tether_client.protocol import Backoff, Outbox, SeqTracker, Verdict, reauth_delay_s
+from tether_client.protocol import Backoff, Outbox, SeqTracker, Verdict, paced_delay, reauth_delay_s
 
 CONTRACTS = Path(__file__).resolve().parents[3] / "contracts" / "session"
 
@@ -90,11 +90,24 @@ def test_F32_backoff_grows_exponentially_then_stays_capped() -> None:
     assert all(b >= a for a, b in itertools.pairwise(top))
 
 
-def test_F32_backoff_waits_at_least_retry_after() -> None:
+def test_F32_backoff_waits_retry_after_plus_its_own_jitter() -> None:
     backoff = Backoff(base_s=0.5, cap_s=10.0)
     assert backoff.next_delay(lambda: 0.0, retry_after_s=2.0) == 2.0
-    assert backoff.next_delay(lambda: 0.5, retry_after_s=0.1) == pytest.approx(0.5 * 1.0)  # jitter is larger
+    # attempt 1: ceiling 1.0; the jitter is at most the told wait, so 0.1 + 0.5 * min(0.1, 1.0)
+    assert backoff.next_delay(lambda: 0.5, retry_after_s=0.1) == pytest.approx(0.15)
+    assert backoff.next_delay(lambda: 0.5, retry_after_s=3.0) == pytest.approx(3.0 + 0.5 * 2.0)
     assert backoff.next_delay(lambda: 0.0, retry_after_s=None) == 0.0
+
+
+def test_F32_paced_delay_is_the_told_wait_capped_plus_jitter_below_it() -> None:
+    rng = random.Random(7)
+    for told in (0.05, 0.4, 2.0, 30.0):
+        delays = [paced_delay(told, 1.0, rng.random, 60.0) for _ in range(500)]
+        assert all(told <= d < told + min(told, 1.0) for d in delays), told
+        assert max(delays) - min(delays) > 0.8 * min(told, 1.0)  # spread, not one wave
+    assert paced_delay(3600.0, 1.0, lambda: 0.0, 60.0) == 60.0  # an hour is capped
+    assert paced_delay(3600.0, 1.0, lambda: 0.5, 60.0) == 60.5
+    assert Backoff(0.25, 15.0, max_retry_after_s=5.0).next_delay(lambda: 0.0, 3600.0) == 5.0
 
 
 def test_F32_backoff_reset_and_huge_attempt_counts() -> None:
@@ -300,6 +313,54 @@ def test_F21_outbox_resends_unacknowledged_prompts_on_each_new_connection_in_ord
     assert outbox.ack("b") is None  # a late duplicate ack
     outbox.mark_sent("b", 2)  # acknowledged meanwhile: ignored
     assert [p.sends for p in outbox.unsent(2)] == [1, 1]
+
+
+def test_F21_outbox_holds_a_refused_prompt_and_the_ones_behind_it_until_it_is_due() -> None:
+    outbox = Outbox()
+    for msg_id in ("a", "b", "c"):
+        outbox.add(msg_id, msg_id)
+        outbox.mark_sent(msg_id, 1)
+    assert outbox.held_until(1) is None
+    deferred = outbox.defer("b", 10.0)
+    assert deferred is not None
+    assert deferred.refusals == 1
+    assert outbox.held_until(1) == 10.0
+    assert outbox.unsent(1, now=9.9) == []  # b is held; c was already sent on this socket
+    outbox.add("d", "d")
+    assert outbox.unsent(1, now=9.9) == []  # d waits behind b: the order is kept
+    assert [p.client_msg_id for p in outbox.unsent(1, now=10.0)] == ["b", "d"]
+    assert [p.client_msg_id for p in outbox.unsent(2, now=5.0)] == ["a"]  # a new socket: still held
+    assert outbox.defer("gone", 1.0) is None  # acknowledged meanwhile
+
+
+def test_F32_request_scoped_error_frame_is_parsed_with_its_prompt() -> None:
+    refusal = parse_server_frame(
+        json.dumps(
+            {
+                "type": "error",
+                "v": 1,
+                "code": "overloaded",
+                "close_code": 4503,
+                "message": "busy",
+                "retryable": True,
+                "action": "backoff",
+                "retry_after_ms": 250,
+                "scope": "request",
+                "client_msg_id": "m-1",
+            }
+        )
+    )
+    assert isinstance(refusal, ErrorFrame)
+    assert (refusal.request_scoped, refusal.client_msg_id, refusal.retry_after_ms) == (True, "m-1", 250)
+    plain = parse_server_frame(
+        '{"type":"error","v":1,"code":"overloaded","close_code":4503,"message":"m","retryable":true,"action":"backoff"}'
+    )
+    assert isinstance(plain, ErrorFrame)
+    assert (plain.request_scoped, plain.scope) == (False, "connection")
+    with pytest.raises(TetherProtocolError, match="scope"):
+        parse_server_frame(
+            '{"type":"error","v":1,"code":"x","close_code":4503,"message":"m","retryable":true,"action":"backoff","scope":"everything"}'
+        )
 
 
 def test_outbox_refuses_duplicates_and_invalid_prompts() -> None:

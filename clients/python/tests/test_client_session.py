@@ -10,39 +10,19 @@ is used, with short intervals, where time itself is under test (backoff, heartbe
 from __future__ import annotations
 
 import itertools
-import secrets
 import socket
 from typing import Any
 
 import pytest
 import trio
-from tether_fake_server import Conn, FakeServer, catalogue
+from tether_fake_server import FAST, Conn, FakeServer, Tokens
 from waiting import until
 
 from tether_client import Event, TetherClosed, TetherGaveUp, open_session
 
 pytestmark = pytest.mark.trio
 
-FAST: dict[str, Any] = {
-    "catalogue": catalogue(),
-    "backoff_base_s": 0.01,
-    "backoff_cap_s": 0.05,
-    "close_timeout_s": 0.5,
-    "ready_timeout_s": 5.0,
-}
 PROJECT = "fake"
-
-
-class Tokens:
-    """A get_token that issues a new random token per call and remembers them."""
-
-    def __init__(self) -> None:
-        self.issued: list[str] = []
-
-    async def __call__(self) -> str:
-        token = "tok_" + secrets.token_urlsafe(32)
-        self.issued.append(token)
-        return token
 
 
 async def collect(stream: Any, last: int) -> list[int]:

@@ -9,6 +9,7 @@ frame the client sends is recorded in ``received``.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,28 @@ def entry(name: str) -> dict[str, Any]:
         if item["name"] == name:
             return dict(item)
     raise KeyError(name)
+
+
+# Session options for tests: the contract's catalogue, short backoff and timeouts.
+FAST: dict[str, Any] = {
+    "catalogue": catalogue(),
+    "backoff_base_s": 0.01,
+    "backoff_cap_s": 0.05,
+    "close_timeout_s": 0.5,
+    "ready_timeout_s": 5.0,
+}
+
+
+class Tokens:
+    """A get_token that issues a new random token per call and remembers them."""
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+
+    async def __call__(self) -> str:
+        token = "tok_" + secrets.token_urlsafe(32)
+        self.issued.append(token)
+        return token
 
 
 @dataclass
@@ -91,20 +114,17 @@ class Conn:
 
     async def fail(self, name: str, *, retry_after_ms: int | None = None) -> None:
         """The server's way to end a connection: an error frame, then the close code."""
-        item = entry(name)
-        frame: dict[str, Any] = {
-            "type": "error",
-            "v": 1,
-            "code": name,
-            "close_code": item["code"],
-            "message": item["message"],
-            "retryable": item["retryable"],
-            "action": item["action"],
-        }
-        if retry_after_ms is not None:
-            frame["retry_after_ms"] = retry_after_ms
-        await self.send(frame)
-        await self.ws.aclose(item["code"], name)
+        await self.send(error_frame(name, retry_after_ms))
+        await self.ws.aclose(entry(name)["code"], name)
+
+    async def refuse(self, client_msg_id: str, name: str = "overloaded", *, retry_after_ms: int | None = None) -> None:
+        """Refuse one prompt and keep the socket: a request-scoped error frame, no close."""
+        await self.send(error_frame(name, retry_after_ms, scope="request", client_msg_id=client_msg_id))
+
+    async def ack(self, prompt: dict[str, Any], seq: int) -> None:
+        await self.send(
+            {"type": "prompt_ack", "v": 1, "client_msg_id": prompt["client_msg_id"], "seq": seq, "duplicate": False}
+        )
 
     async def recv(self, kind: str | None = None) -> dict[str, Any]:
         """The next client frame (of ``kind``, skipping pings unless asked for)."""
@@ -122,6 +142,24 @@ class Conn:
                 self.received.append(json.loads(await self.ws.get_message()))
         except ConnectionClosed:
             return
+
+
+def error_frame(name: str, retry_after_ms: int | None = None, **extra: str) -> dict[str, Any]:
+    """An ``error`` frame for the catalogue entry ``name``."""
+    item = entry(name)
+    frame: dict[str, Any] = {
+        "type": "error",
+        "v": 1,
+        "code": name,
+        "close_code": item["code"],
+        "message": item["message"],
+        "retryable": item["retryable"],
+        "action": item["action"],
+        **extra,
+    }
+    if retry_after_ms is not None:
+        frame["retry_after_ms"] = retry_after_ms
+    return frame
 
 
 def event_frame(seq: int, kind: str = "note", **data: Any) -> dict[str, Any]:

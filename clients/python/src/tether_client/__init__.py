@@ -12,6 +12,7 @@ from .errors import (
     TetherGaveUp,
     TetherHTTPError,
     TetherProtocolError,
+    TetherRefused,
     TetherTransportError,
 )
 from .frames import Event, Events, Ready
@@ -42,6 +43,7 @@ __all__ = [
     "TetherGaveUp",
     "TetherHTTPError",
     "TetherProtocolError",
+    "TetherRefused",
     "TetherTransportError",
     "User",
     "__version__",

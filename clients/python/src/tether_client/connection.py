@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import trio
 import trio_websocket
 
 from .closing import decide_close, local_decision
-from .errors import TetherHTTPError, TetherProtocolError, TetherTransportError
+from .errors import TetherHTTPError, TetherProtocolError, TetherRefused, TetherTransportError
 from .frames import (
     ErrorFrame,
     Event,
@@ -44,7 +45,7 @@ from .frames import (
 from .http import TokenSource
 from .options import SessionOptions
 from .outcome import Outcome, close_code_of, failed_request, handshake_reason, protocol_failure, rejected_error
-from .protocol import Outbox, SeqTracker, Verdict, reauth_delay_s
+from .protocol import Backoff, Outbox, SeqTracker, Verdict, reauth_delay_s
 
 log = logging.getLogger("tether_client.session")
 
@@ -62,6 +63,7 @@ class SessionStats:
     events_delivered: int = 0
     batches: int = 0  # `events` frames received (batched delivery)
     prompts_sent: int = 0  # prompt frames written (re-sends included)
+    prompts_requeued: int = 0  # prompts the server refused for now (request-scoped error), queued again
     reauths: int = 0  # `reauth_ok` frames received
 
 
@@ -96,6 +98,7 @@ class Connector:
         self.outbox_wakeup = trio.Event()
         self.acks: dict[str, trio.Event] = {}
         self.ack_frames: dict[str, PromptAck] = {}
+        self.refusals: dict[str, TetherRefused] = {}  # prompts the server refused for good
         self.events_send, self.events_recv = trio.open_memory_channel[Event](options.event_buffer)
         self.conn: _Conn | None = None
         self._used_tokens: deque[bytes] = deque(maxlen=1024)
@@ -225,6 +228,10 @@ class Connector:
                         return gap
             elif isinstance(frame, PromptAck):
                 self._on_ack(frame)
+            elif isinstance(frame, ErrorFrame) and frame.request_scoped:
+                refused = self._on_refused(frame)
+                if refused is not None:
+                    return await self.close(conn, refused, code=1002)
             elif isinstance(frame, ErrorFrame):
                 error = frame
                 log.warning("server error frame: %s (%d): %s", frame.code, frame.close_code, frame.message)
@@ -265,16 +272,48 @@ class Connector:
             self.ack_frames[ack.client_msg_id] = ack
             waiter.set()
 
+    def _on_refused(self, frame: ErrorFrame) -> Outcome | None:
+        """The server refused one prompt and keeps the socket: queue it again, paced; or,
+        when the refusal is terminal, fail that prompt alone.  An outcome means the frame
+        broke the protocol (the connection is closed and resumed)."""
+        msg_id = frame.client_msg_id
+        if msg_id is None:
+            return Outcome(
+                local_decision("protocol_error", "the server refused a request without naming its client_msg_id")
+            )
+        item = self.outbox.defer(msg_id, 0.0) if frame.retryable else self.outbox.ack(msg_id)
+        if item is None:
+            log.debug("refusal of prompt %s ignored: it is no longer pending", msg_id)
+            return None
+        if not frame.retryable:
+            log.warning("prompt %s refused for good: %s: %s", msg_id, frame.code, frame.message)
+            waiter = self.acks.get(msg_id)
+            if waiter is not None:  # else the caller stopped waiting: nobody to tell
+                self.refusals[msg_id] = TetherRefused(msg_id, frame.code, frame.message, frame.action)
+                waiter.set()
+            return None
+        o = self.options
+        pacing = Backoff(o.backoff_base_s, o.backoff_cap_s, item.refusals - 1, o.max_retry_after_s)
+        delay = pacing.next_delay(o.random, (frame.retry_after_ms or 0) / 1000)
+        item.not_before = trio.current_time() + delay
+        self.stats.prompts_requeued += 1
+        log.info("prompt %s refused for now (%s); re-sending in %.2fs", msg_id, frame.code, delay)
+        self.outbox_wakeup.set()
+        return None
+
     async def _send_outbox(self, conn: _Conn) -> None:
-        """The only writer of prompts: everything not yet sent on this connection, in order."""
+        """The only writer of prompts: everything due and not yet sent on this connection,
+        in order; a prompt the server refused for now is held until its time."""
         while True:
             self.outbox_wakeup = trio.Event()
-            for item in self.outbox.unsent(conn.generation):
+            for item in self.outbox.unsent(conn.generation, trio.current_time()):
                 if not await self._write(conn, prompt_frame(item.client_msg_id, item.text)):
                     return
                 self.outbox.mark_sent(item.client_msg_id, conn.generation)
                 self.stats.prompts_sent += 1
-            await self.outbox_wakeup.wait()
+            held = self.outbox.held_until(conn.generation)
+            with trio.move_on_at(held if held is not None else math.inf):
+                await self.outbox_wakeup.wait()
 
     async def _heartbeat(self, conn: _Conn) -> None:
         interval = conn.ready.heartbeat_interval_ms / 1000
@@ -306,7 +345,11 @@ class Connector:
                     await self.close(conn, failed_request("reauth token", exc))
                     return
                 log.warning("reauth: could not get a token (%s); trying again", exc)
-                await trio.sleep(min(5.0, max(0.5, (conn.expires_at - server_now).total_seconds() / 4)))
+                # Told when to ask again: not sooner, even if the session runs out meanwhile
+                # (the server then closes with session_expired; the reconnect is paced too).
+                told = exc.retry_after_s if isinstance(exc, TetherHTTPError) else None
+                soon = min(5.0, max(0.5, (conn.expires_at - server_now).total_seconds() / 4))
+                await trio.sleep(max(soon, min(told or 0.0, self.options.max_retry_after_s)))
                 continue
             conn.reauth_ok = trio.Event()
             if not await self._write(conn, reauth_frame(token)):

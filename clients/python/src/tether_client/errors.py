@@ -7,6 +7,7 @@ Exception tree::
      ├── TetherTransportError    a service could not be reached (refused, DNS, timeout)
      ├── TetherClosed            the session ended with a terminal close code
      ├── TetherProtocolError     the server sent a frame the protocol does not allow
+     ├── TetherRefused           the server refused one prompt for good (the session goes on)
      └── TetherGaveUp            the reconnect budget (max_reconnects) was used up
 
 None of them ever carries a connection token or an API key in its message.
@@ -94,6 +95,18 @@ class TetherClosed(TetherError):
 
 class TetherProtocolError(TetherError):
     """The server sent something the session protocol does not allow."""
+
+
+class TetherRefused(TetherError):
+    """The server refused one prompt with a request-scoped, non-retryable ``error`` frame:
+    that prompt is dropped; the session and its other prompts go on."""
+
+    def __init__(self, client_msg_id: str, code: str, message: str, action: str) -> None:
+        super().__init__(client_msg_id, code, message, action)
+        self.client_msg_id, self.code, self.message, self.action = client_msg_id, code, message, action
+
+    def __str__(self) -> str:
+        return f"prompt {self.client_msg_id} refused: {self.code}: {self.message} [action: {self.action}]"
 
 
 class TetherGaveUp(TetherError):

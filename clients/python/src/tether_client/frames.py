@@ -116,7 +116,8 @@ class ReauthOk:
 
 @dataclass(frozen=True, slots=True)
 class ErrorFrame:
-    """Sent by the server right before every close it initiates."""
+    """Sent by the server right before every close it initiates; or, with ``scope`` ==
+    ``"request"``, to refuse the one prompt named by ``client_msg_id`` (no close follows)."""
 
     code: str
     close_code: int
@@ -125,6 +126,12 @@ class ErrorFrame:
     action: str
     retry_after_ms: int | None = None
     connection_id: str | None = None
+    scope: str = "connection"
+    client_msg_id: str | None = None
+
+    @property
+    def request_scoped(self) -> bool:
+        return self.scope == "request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +204,8 @@ def _typed(kind: str, obj: dict[str, Any]) -> ServerFrame:
             action=obj["action"],
             retry_after_ms=None if retry_after is None else int(retry_after),
             connection_id=obj.get("connection_id"),
+            scope=obj.get("scope", "connection"),
+            client_msg_id=obj.get("client_msg_id"),
         )
     if kind == "ready":
         return _ready(obj)

@@ -194,6 +194,10 @@ class _HttpBase:
         """``GET /openapi.json``: the service's contract (names the service in ``info.title``)."""
         return await self._json("GET", "/openapi.json", authenticated=False)
 
+    async def metrics(self) -> str:
+        """``GET /metrics``: the service's Prometheus text."""
+        return (await self.request("GET", "/metrics", authenticated=False)).text
+
     async def readyz(self) -> Readiness:
         """``GET /readyz``.  Not ready is a :class:`TetherHTTPError` 503 whose
         ``problem["checks"]`` names what is missing."""

@@ -20,7 +20,9 @@ class SessionOptions:
     ``max_reconnects``: consecutive failed attempts before :class:`TetherGaveUp` (default:
     never give up).  ``backoff_reset_s``: a connection up this long resets the backoff.
     ``batch``: ask for batched delivery in ``events`` frames.  ``random``: the jitter's
-    source of floats in [0, 1).
+    source of floats in [0, 1).  A wait the server asks for (``retry_after_ms``,
+    ``Retry-After``) is pacing, honoured up to ``max_retry_after_s`` plus jitter, and never
+    counts towards ``max_reconnects``.
     """
 
     client_id: str = field(default_factory=lambda: f"py-{uuid.uuid4().hex[:16]}")
@@ -31,6 +33,7 @@ class SessionOptions:
     backoff_cap_s: float = 15.0
     backoff_reset_s: float = 5.0
     max_reconnects: int | None = None
+    max_retry_after_s: float = 60.0
     connect_timeout_s: float = 10.0
     ready_timeout_s: float = 10.0
     close_timeout_s: float = 2.0

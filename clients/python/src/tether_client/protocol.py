@@ -2,12 +2,12 @@
 of its own (the random source is passed in).  :mod:`tether_client.session` wraps them with
 trio; the unit tests drive them directly.
 
-* :class:`Backoff`: exponential backoff with full jitter, capped, honouring the server's
-  ``retry_after_ms``.
+* :class:`Backoff`: exponential backoff with full jitter, capped; a server's
+  ``retry_after_ms`` (or ``Retry-After``) is pacing: that wait plus jitter (:func:`paced_delay`).
 * :class:`SeqTracker`: the resume cursor; classifies each event as deliver, duplicate
   (``seq <= last_seq``, dropped and counted) or gap (reconnect with resume) (F20-F22).
 * :class:`Outbox`: prompts waiting for their ``prompt_ack``, re-sent on every new
-  connection until acknowledged (F21).
+  connection until acknowledged, and held back after a request-scoped refusal (F21).
 * :func:`reauth_delay_s`: when to renew the session before it expires.
 
 Frames are in :mod:`.frames`, close codes in :mod:`.closing`, agent conventions in :mod:`.agent`.
@@ -31,14 +31,15 @@ from .frames import check_prompt_text
 class Backoff:
     """Exponential backoff with full jitter, capped (the browser client's rule).
 
-    The n-th consecutive failure (n from 0) waits ``uniform(0, min(cap_s, base_s * 2**n))``,
-    and at least the server's ``retry_after_s`` (the server already spreads that value
-    over its clients).  :meth:`reset` once a connection has stayed up a while.
+    The n-th consecutive failure (n from 0) waits ``uniform(0, min(cap_s, base_s * 2**n))``;
+    when the server said when to come back, :func:`paced_delay` of that instead.
+    :meth:`reset` once a connection has stayed up a while.
     """
 
     base_s: float = 0.25
     cap_s: float = 15.0
     attempt: int = 0
+    max_retry_after_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 < self.base_s <= self.cap_s:
@@ -51,12 +52,22 @@ class Backoff:
 
     def next_delay(self, random: Callable[[], float], retry_after_s: float | None = None) -> float:
         """The wait before the next attempt; ``random()`` returns a float in [0, 1)."""
-        jitter = random() * self.ceiling()
+        ceiling = self.ceiling()
         self.attempt += 1
-        return max(jitter, retry_after_s or 0.0)
+        if retry_after_s:
+            return paced_delay(retry_after_s, ceiling, random, self.max_retry_after_s)
+        return random() * ceiling
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def paced_delay(retry_after_s: float, ceiling_s: float, random: Callable[[], float], max_s: float) -> float:
+    """The wait after being told when to come back: ``retry_after_s`` (at most ``max_s``)
+    plus this client's jitter in ``[0, min(that, ceiling_s))``, so clients told the same
+    value do not come back in one wave (the browser client's rule)."""
+    told = min(max(0.0, retry_after_s), max_s)
+    return told + random() * min(told, ceiling_s)
 
 
 # -- sequence tracking (dedup, ordering, gaps) --------------------------------------------
@@ -118,6 +129,8 @@ class PendingPrompt:
     text: str
     sent_on: int | None = None  # connection generation it was last sent on
     sends: int = 0
+    not_before: float = 0.0  # clock time before which it is not sent (a refusal's pacing)
+    refusals: int = 0
 
 
 class Outbox:
@@ -126,7 +139,9 @@ class Outbox:
     Each connection has a generation number.  :meth:`unsent` lists the prompts not yet
     sent on the given generation: everything after a reconnect, only new prompts while
     connected.  A ``prompt_ack`` removes the prompt (:meth:`ack`); the server stores a
-    retried prompt once (same ``client_msg_id``), so re-sending is safe.
+    retried prompt once (same ``client_msg_id``), so re-sending is safe.  A prompt the
+    server refused for now (:meth:`defer`) is held until its ``not_before``, and the
+    prompts behind it wait too, so the order is kept.
     """
 
     def __init__(self) -> None:
@@ -140,8 +155,33 @@ class Outbox:
         self._items[client_msg_id] = item
         return item
 
-    def unsent(self, generation: int) -> list[PendingPrompt]:
-        return [p for p in self._items.values() if p.sent_on != generation]
+    def unsent(self, generation: int, now: float = math.inf) -> list[PendingPrompt]:
+        """In order, the prompts to send on ``generation`` at clock time ``now``."""
+        due: list[PendingPrompt] = []
+        for item in self._items.values():
+            if item.sent_on == generation:
+                continue
+            if item.not_before > now:
+                break
+            due.append(item)
+        return due
+
+    def held_until(self, generation: int) -> float | None:
+        """When the first prompt held back on ``generation`` becomes due (``None``: none is)."""
+        for item in self._items.values():
+            if item.sent_on != generation:
+                return item.not_before
+        return None
+
+    def defer(self, client_msg_id: str, not_before: float) -> PendingPrompt | None:
+        """The server refused the prompt for now: send it again at ``not_before``.
+        ``None`` when it is not pending (acknowledged meanwhile)."""
+        item = self._items.get(client_msg_id)
+        if item is not None:
+            item.sent_on = None
+            item.not_before = not_before
+            item.refusals += 1
+        return item
 
     def mark_sent(self, client_msg_id: str, generation: int) -> None:
         item = self._items.get(client_msg_id)

@@ -16,12 +16,15 @@ connection's I/O in :mod:`.connection`; this module is the session around them):
 * events are delivered in order, exactly once: duplicates (``seq <= last_seq``) are
   dropped and counted, a gap closes the socket and resumes (F20-F22); the items of an
   ``events`` frame (batched delivery) are handled one by one, exactly like ``event`` frames;
-* a lost connection is retried with capped exponential backoff and full jitter,
-  honouring ``retry_after_ms`` and reset only by a connection that stayed up; retryable
-  vs terminal comes from the contract's close-code catalogue (F32);
-  ``urls`` are used in turn;
+* a lost connection is retried with capped exponential backoff and full jitter, reset
+  only by a connection that stayed up; retryable vs terminal comes from the contract's
+  close-code catalogue (F32); ``urls`` are used in turn;
+* a refusal that says when to come back (``overloaded`` with ``retry_after_ms``, a token
+  answer 503/429 with ``Retry-After``) is pacing: that wait plus jitter, and it never
+  counts towards ``max_reconnects``: however long a replica sheds, the session waits;
 * ``send()`` keeps each prompt in an outbox, re-sent on every new connection until its
-  ``prompt_ack`` (F21);
+  ``prompt_ack`` (F21); a prompt refused with a request-scoped ``error`` frame stays
+  queued and is re-sent, same ``client_msg_id``, after its ``retry_after_ms``;
 * heartbeat: a ``ping`` every ``ready.heartbeat.interval_ms``; nothing heard for
   ``timeout_ms`` means the socket is dead: reconnect (F24);
 * ``reauth`` with a fresh token before ``ready.session_expires_at``.
@@ -79,7 +82,9 @@ class Session:
         init_frame("not-a-token", ref, options.client_id, options.resume_from)
         self._link = Connector(ref, get_token, options, self._on_ready)
         self.stats: SessionStats = self._link.stats
-        self._backoff = Backoff(options.backoff_base_s, options.backoff_cap_s)
+        self._backoff = Backoff(
+            options.backoff_base_s, options.backoff_cap_s, max_retry_after_s=options.max_retry_after_s
+        )
         self._ready: Ready | None = None
         self._started = False
         self._closing_event = trio.Event()
@@ -130,7 +135,9 @@ class Session:
 
         The prompt carries a new ``client_msg_id`` and stays in the outbox, re-sent after
         every reconnect, until acknowledged; the server stores it once.  If the caller is
-        cancelled while waiting, the prompt is still delivered.
+        cancelled while waiting, the prompt is still delivered.  A prompt the server refuses
+        for now stays queued (``stats.prompts_requeued`` counts it); one it refuses for good
+        raises :class:`~tether_client.errors.TetherRefused`.
         """
         check_prompt_text(text)
         self._raise_if_failed()
@@ -146,6 +153,9 @@ class Session:
             self._waiters -= 1
             link.acks.pop(client_msg_id, None)
         ack = link.ack_frames.pop(client_msg_id, None)
+        refused = link.refusals.pop(client_msg_id, None)
+        if refused is not None:
+            raise refused
         if ack is None:
             self._raise_failure()
         return ack.seq
@@ -235,7 +245,12 @@ class Session:
             decision = outcome.decision
             if not decision.retry:
                 raise outcome.error or decision.to_error()
-            failures = 0 if outcome.ready_for_s is not None else failures + 1
+            # Told when to come back: pacing, not a failure.
+            paced = bool(decision.retry_after_s)
+            if outcome.ready_for_s is not None:
+                failures = 0
+            elif not paced:
+                failures += 1
             if self.options.max_reconnects is not None and failures > self.options.max_reconnects:
                 raise TetherGaveUp(failures, decision.describe())
             if decision.name == "client_reconnect":

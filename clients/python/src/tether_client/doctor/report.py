@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Status = Literal["ok", "failed", "skipped"]
+Status = Literal["ok", "warning", "failed", "skipped"]
 
 
 @dataclass
@@ -25,6 +25,9 @@ class StepResult:
             return f"✓ {self.title} — {self.detail}"
         if self.status == "skipped":
             return f"- {self.title} — skipped ({self.detail})"
+        if self.status == "warning":
+            hint = f"\n    → {self.hint}" if self.hint else ""
+            return f"! {self.title} — {self.detail}{hint}"
         codes = []
         if self.http_status is not None:
             codes.append(f"HTTP {self.http_status}")
@@ -43,7 +46,12 @@ class DoctorReport:
 
     @property
     def ok(self) -> bool:
-        return all(s.status == "ok" for s in self.steps)
+        """Every step passed; a warning (a replica shedding load) does not fail the run."""
+        return all(s.status in ("ok", "warning") for s in self.steps)
+
+    @property
+    def warnings(self) -> list[StepResult]:
+        return [s for s in self.steps if s.status == "warning"]
 
     @property
     def failed(self) -> StepResult | None:
@@ -54,13 +62,15 @@ class DoctorReport:
         return {
             "ok": self.ok,
             "failed_step": failed.id if failed else None,
+            "warnings": [s.id for s in self.warnings],
             "steps": [asdict(s) for s in self.steps],
         }
 
     def summary(self) -> str:
         failed = self.failed
         if failed is None:
-            return f"doctor: all {len(self.steps)} checks passed"
+            warned = ", ".join(s.title for s in self.warnings)
+            return f"doctor: all {len(self.steps)} checks passed" + (f" (warning: {warned})" if warned else "")
         number = self.steps.index(failed) + 1
         return f"doctor: FAILED at step {number} ({failed.title}): {failed.detail}"
 
@@ -97,6 +107,15 @@ class StepFailed(Exception):
         )
 
 
+class StepWarning(StepFailed):
+    """A doctor step found something to fix that does not stop the checklist."""
+
+    def result(self, step_id: str, title: str) -> StepResult:
+        result = super().result(step_id, title)
+        result.status = "warning"
+        return result
+
+
 @dataclass(frozen=True)
 class DoctorConfig:
     auth_url: str
@@ -115,6 +134,7 @@ STEPS: list[tuple[str, str]] = [
     ("auth_readyz", "auth-token /readyz"),
     ("session_healthz", "session /healthz"),
     ("session_readyz", "session /readyz"),
+    ("shedding", "load shedding (/metrics)"),
     ("credentials", "credentials (/v1/me)"),
     ("project", "project"),
     ("token", "token issue"),

@@ -2,7 +2,8 @@
 
 Each step either passes with a one-line detail, or fails saying what failed, the
 catalogue code / HTTP status involved, and what to do.  The first failure stops the run;
-later steps are reported as skipped.  A project the doctor created for itself is
+later steps are reported as skipped.  A warning (a replica shedding load) gives its
+hint too, but the run goes on and can still pass.  A project the doctor created for itself is
 deleted at the end, whatever happened.
 
 The steps talk to the services with the same building blocks as the SDK
@@ -31,6 +32,7 @@ from .advice import close_failure, http_failure
 from .health import healthz, readyz
 from .link import Closed, EventLog, Link, hold_websocket
 from .report import STEPS, DoctorConfig, DoctorReport, StepFailed, StepResult
+from .shedding import shedding_step
 
 
 def _token_digest(token: str) -> bytes:
@@ -63,6 +65,7 @@ class Doctor:
             self.auth_readyz,
             self.session_healthz,
             self.session_readyz,
+            self.shedding,
             self.credentials,
             self.resolve_project,
             self.issue_token,
@@ -80,7 +83,7 @@ class Doctor:
                         self._record(StepResult(step_id, title, "skipped", "an earlier step failed"))
                         continue
                     result = await self._run_step(step_id, title, step)
-                    failed = result.status != "ok"
+                    failed = result.status == "failed"
                 if self.link is not None:
                     await self.link.close()
                 nursery.cancel_scope.cancel()
@@ -141,7 +144,7 @@ class Doctor:
                 await self.auth.aclose()
                 await self.http.aclose()
 
-    # -- steps 1-4: health and readiness -----------------------------------------------------
+    # -- steps 1-5: health, readiness, load shedding ---------------------------------------
 
     async def auth_healthz(self) -> str:
         return await healthz(self.auth, "auth-token", "--auth-url / TETHER_AUTH_URL")
@@ -155,7 +158,10 @@ class Doctor:
     async def session_readyz(self) -> str:
         return await readyz(self.http, "session", "--session-url / TETHER_SESSION_URL")
 
-    # -- steps 5-7: credentials, project, token ----------------------------------------------
+    async def shedding(self) -> str:
+        return await shedding_step(self.auth, self.http)
+
+    # -- steps 6-8: credentials, project, token ----------------------------------------------
 
     async def credentials(self) -> str:
         if not self.config.api_key:
@@ -218,7 +224,7 @@ class Doctor:
     async def issue_token(self) -> str:
         return await self._new_token()
 
-    # -- steps 8-11: the WebSocket -------------------------------------------------------------
+    # -- steps 9-12: the WebSocket -------------------------------------------------------------
 
     async def _load_catalogue(self) -> CloseCatalogue:
         if self.catalogue is None:
