@@ -11,9 +11,10 @@ measured capacity, see the README's Capacity section):
   costs a token consume and a project read; a connect storm piles them up.
 * ``append_queue``: appends waiting for the group commit (ingest and prompts).
 
-A new connection is refused (``overloaded``, 4503) when any signal is over; ingest is
-answered 503 ``overloaded`` when ``loop_lag`` or ``append_queue`` is over; a prompt gets a
-request-scoped refusal on the same two.  The retry delay comes from the :class:`Pacer`
+A new connection is refused (``overloaded``, 4503) when ``loop_lag`` or ``handshakes`` is over
+(a deep append queue slows writes, not reads: a connection that only reads is still served);
+ingest is answered 503 ``overloaded`` when ``loop_lag`` or ``append_queue`` is over; a prompt
+gets a request-scoped refusal on the same two.  The retry delay comes from the :class:`Pacer`
 (spread at the configured connect capacity), never a fixed value.
 """
 
@@ -99,7 +100,7 @@ class Load:
     # -- decisions ---------------------------------------------------------------------------------
     def connect_refusal(self, ref: str) -> tuple[str, int] | None:
         """(signal, retry_after_ms) when a new connection must be shed now."""
-        signal = self.over("loop_lag", "handshakes", "append_queue")
+        signal = self.over("loop_lag", "handshakes")
         if signal is None:
             return None
         now = time.monotonic()
