@@ -92,35 +92,35 @@ class RawWs:
     async def send(self, frame: dict[str, Any]) -> None:
         await self._send(self.conn.send(TextMessage(data=json.dumps(frame))))
 
-    async def recv_frame(self, timeout: float = 10.0) -> dict[str, Any]:
-        """The next complete text frame (schema-checked); raises on a close."""
+    async def _next_frame_or_close(self, timeout: float) -> dict[str, Any] | CloseConnection:
+        """The next complete text frame (schema-checked), or the server's close."""
         while True:
             event = await self._next_event(timeout)
-            if isinstance(event, TextMessage):
-                self._text.append(event.data)
-                if event.message_finished:
-                    text, self._text = "".join(self._text), []
-                    return check_server_frame(text)
-            elif isinstance(event, CloseConnection):
-                raise AssertionError(f"closed with {event.code} {event.reason!r} while a frame was expected")
-            else:
+            if isinstance(event, CloseConnection):
+                return event
+            if not isinstance(event, TextMessage):
                 raise AssertionError(f"unexpected WebSocket event {event!r}")
+            self._text.append(event.data)
+            if event.message_finished:
+                text, self._text = "".join(self._text), []
+                return check_server_frame(text)
+
+    async def recv_frame(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next complete text frame (schema-checked); raises on a close."""
+        got = await self._next_frame_or_close(timeout)
+        if isinstance(got, CloseConnection):
+            raise AssertionError(f"closed with {got.code} {got.reason!r} while a frame was expected")
+        return got
 
     async def read_until_closed(self, timeout: float = 30.0) -> RawClosed:
         """Read (and schema-check) every frame until the server's close frame."""
         frames: list[dict[str, Any]] = []
         with trio.fail_after(scaled(timeout)):
             while True:
-                event = await self._next_event(timeout)
-                if isinstance(event, TextMessage):
-                    self._text.append(event.data)
-                    if event.message_finished:
-                        text, self._text = "".join(self._text), []
-                        frames.append(check_server_frame(text))
-                elif isinstance(event, CloseConnection):
-                    return RawClosed(frames, event.code, event.reason)
-                else:
-                    raise AssertionError(f"unexpected WebSocket event {event!r}")
+                got = await self._next_frame_or_close(timeout)
+                if isinstance(got, CloseConnection):
+                    return RawClosed(frames, got.code, got.reason)
+                frames.append(got)
 
     async def read_frames(self, *, until: Any = None, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Read until ``until(frame)`` holds, the server closes, or EOF; return every frame read so far."""

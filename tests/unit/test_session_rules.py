@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tether_session.protocol import CloseCatalogue, Limits, SessionError
+from tests.unit.test_protocol import LIMITS
+from tether_session.protocol import CloseCatalogue, SessionError
 from tether_session.rules import (
     ADMISSION_CHECKS,
     DEPENDENCY_CLOSES,
@@ -31,14 +32,6 @@ from tether_session.rules import (
 )
 
 CONTRACT = Path(__file__).resolve().parents[2] / "contracts" / "session"
-LIMITS = Limits(
-    max_connections=10,
-    max_connections_per_user=2,
-    init_timeout_ms=300,
-    heartbeat_timeout_ms=500,
-    session_lifetime_s=60.0,
-    drain_window_ms=2000,
-)
 FINE = Admission(ready=True, draining=False, open_connections=3, ip_allowed=True)
 # The measurement that trips each row (and nothing before it).
 TRIPS = {

@@ -100,18 +100,15 @@ class Load:
     # -- decisions ---------------------------------------------------------------------------------
     def connect_refusal(self, ref: str) -> tuple[str, int] | None:
         """(signal, retry_after_ms) when a new connection must be shed now."""
-        signal = self.over("loop_lag", "handshakes")
-        if signal is None:
-            return None
-        now = time.monotonic()
-        self.shed_log.shed(f"connect:{signal}", now, ref=ref)
-        return signal, self.connect_pacer.delay_ms(now)
+        return self._shed("connect", ref, self.over("loop_lag", "handshakes"), self.connect_pacer)
 
     def write_refusal(self, kind: str, ref: str) -> tuple[str, int] | None:
         """(signal, retry_after_ms) when an ingest request or a prompt must be shed now."""
-        signal = self.over("loop_lag", "append_queue")
+        return self._shed(kind, ref, self.over("loop_lag", "append_queue"), self.ingest_pacer)
+
+    def _shed(self, kind: str, ref: str, signal: str | None, pacer: Pacer) -> tuple[str, int] | None:
         if signal is None:
             return None
         now = time.monotonic()
         self.shed_log.shed(f"{kind}:{signal}", now, ref=ref)
-        return signal, self.ingest_pacer.delay_ms(now)
+        return signal, pacer.delay_ms(now)

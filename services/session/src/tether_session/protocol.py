@@ -187,6 +187,10 @@ class SessionMachine:
         self._move(Input.FAILURE)
         self.failure = error
         entry = self.catalogue[error.name]
+        return ClosePlan(entry.code, self._error_frame(entry, error), entry.log_level)
+
+    @staticmethod
+    def _error_frame(entry: CloseCode, error: SessionError, **scope: str) -> dict[str, Any]:
         frame: dict[str, Any] = {
             "type": "error",
             "v": 1,
@@ -195,10 +199,11 @@ class SessionMachine:
             "message": error.detail or entry.message,
             "retryable": entry.retryable,
             "action": entry.action,
+            **scope,
         }
         if error.retry_after_ms is not None:
             frame["retry_after_ms"] = error.retry_after_ms
-        return ClosePlan(entry.code, frame, entry.log_level)
+        return frame
 
     def refuse_request(self, error: SessionError, client_msg_id: str) -> dict[str, Any]:
         """The error frame that refuses one request (a prompt) while the session goes on.
@@ -207,21 +212,7 @@ class SessionMachine:
         """
         if self.state is not SessionState.READY:
             raise SessionError("internal_error", f"a request refusal in state {self.state.value}")
-        entry = self.catalogue[error.name]
-        frame: dict[str, Any] = {
-            "type": "error",
-            "v": 1,
-            "code": entry.name,
-            "close_code": entry.code,
-            "message": error.detail or entry.message,
-            "retryable": entry.retryable,
-            "action": entry.action,
-            "scope": "request",
-            "client_msg_id": client_msg_id,
-        }
-        if error.retry_after_ms is not None:
-            frame["retry_after_ms"] = error.retry_after_ms
-        return frame
+        return self._error_frame(self.catalogue[error.name], error, scope="request", client_msg_id=client_msg_id)
 
     def close_sent(self) -> SessionState:
         return self._move(Input.CLOSE_SENT)
