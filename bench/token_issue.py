@@ -3,7 +3,8 @@
 Starts its own durable embedded PostgreSQL (fsync on) and one auth-token replica, creates
 ``--users`` users, then drives ``--concurrency`` concurrent issuers (a Node keep-alive HTTP
 client on loopback, cheaper per request than any Python client) for ``--duration`` seconds
-after a warm-up, each issuing ``POST /v1/tokens`` back to back with its user's API key.
+after a warm-up, each issuing ``POST /v1/tokens`` back to back with its user's API key (and
+waiting out ``Retry-After`` after a refusal, as our clients do).
 
 Reports tokens/s (201 answers), p50/p99 latency of every answer, the answers by status,
 and CPU per token (user+system from /proc) of the auth-token process and of PostgreSQL
@@ -59,18 +60,22 @@ function one(key) {
             lat.push(Number(process.hrtime.bigint() - t0) / 1e6);
             statuses[res.statusCode] = (statuses[res.statusCode] || 0) + 1;
           }
-          resolve(res.statusCode);
+          resolve([res.statusCode, Number(res.headers['retry-after'] || 0)]);
         });
       });
-    req.on('error', () => { if (measuring) statuses.error = (statuses.error || 0) + 1; resolve(0); });
+    req.on('error', () => { if (measuring) statuses.error = (statuses.error || 0) + 1; resolve([0, 0]); });
     req.end(body);
   });
 }
 async function issuer(i) {
   const key = keys[i % keys.length];
+  // connections open over most of the warm-up, not as one SYN flood
+  await new Promise(r => setTimeout(r, i * Number(warmup) * 800 / Number(concurrency)));
   while (!stop) {
-    const status = await one(key);
-    if (status === 503 || status === 429 || status === 0) await new Promise(r => setTimeout(r, 50));
+    const [status, retryAfter] = await one(key);
+    // as our clients do: a refusal's Retry-After is pacing (seconds), a network error waits 50 ms
+    if (status === 503 || status === 429) await new Promise(r => setTimeout(r, retryAfter * 1000 || 50));
+    else if (status === 0) await new Promise(r => setTimeout(r, 50));
   }
 }
 const loops = [];
@@ -84,6 +89,15 @@ Promise.all(loops).then(() => {
   agent.destroy();
 });
 """
+
+
+def listen_overflows() -> int:
+    """TcpExt ListenOverflows (machine-wide): connections refused because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:"):
+            return int(dict(zip(head.split()[1:], values.split()[1:], strict=False)).get("ListenOverflows", 0))
+    return 0
 
 
 def taskset(cpus: str) -> list[str]:
@@ -173,19 +187,20 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         )
         assert client.stderr is not None
         assert client.stdout is not None
-        marks: dict[str, tuple[float, float, float]] = {}
+        marks: dict[str, tuple[float, float, float, int]] = {}
         for line in client.stderr:
             if line.startswith("MARK "):
                 marks[line.split()[1]] = (
                     time.monotonic(),
                     proc_cpu(auth_ps),
                     proc_cpu(postmaster, with_children=True),
+                    listen_overflows(),
                 )
                 if "end" in marks:
                     break
         summary = json.loads(client.stdout.read() or "{}")
         client.wait(timeout=30)
-        (t0, auth0, pg0), (t1, auth1, pg1) = marks["start"], marks["end"]
+        (t0, auth0, pg0, drops0), (t1, auth1, pg1, drops1) = marks["start"], marks["end"]
         issued = int(summary["statuses"].get("201", 0))
         return {
             "concurrency": args.concurrency,
@@ -200,6 +215,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "pg_cpu_ms_per_token": round((pg1 - pg0) * 1000 / issued, 3) if issued else None,
             "auth_cpu_util": round((auth1 - auth0) / (t1 - t0), 2),
             "pg_cpu_util": round((pg1 - pg0) / (t1 - t0), 2),
+            "listen_overflows": drops1 - drops0,
             "loadavg_1m": os.getloadavg()[0],
         }
     finally:

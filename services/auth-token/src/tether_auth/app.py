@@ -60,6 +60,10 @@ def create_app(config: Config | None = None) -> Quart:
     config = config or Config.from_env()
     core = build_core(SERVICE, __name__, config, schema=SCHEMA, catalogue=CATALOGUE, contract=config.contract)
     app, log, registry, db, kit = core.http, core.log, core.registry, core.db, core.kit
+    # Every answer here is a few hundred bytes, written to the socket buffer without waiting
+    # on the client; Quart's per-response timeout would cost a task per request on the
+    # token-issue path for nothing (slow clients are bounded by Hypercorn's timeouts).
+    app.config["RESPONSE_TIMEOUT"] = None
     all_migrations = migrate.load_package("tether_auth")
 
     startup = Startup(log, registry, database_phases(db, SCHEMA, all_migrations, log))

@@ -43,7 +43,7 @@ class Config:
             token_issue=Limits(
                 batches_in_flight=max(1, env.env_int("TETHER_TOKEN_ISSUE_BATCHES", 2)),
                 batch_max=max(1, env.env_int("TETHER_TOKEN_ISSUE_BATCH_MAX", 200)),
-                max_pending=max(1, env.env_int("TETHER_TOKEN_ISSUE_MAX_PENDING", 1000)),
+                max_pending=max(1, env.env_int("TETHER_TOKEN_ISSUE_MAX_PENDING", 128)),
                 max_wait_s=env.env_int("TETHER_TOKEN_ISSUE_MAX_WAIT_MS", 500) / 1000,
                 retry_after_max_s=max(1, env.env_int("TETHER_TOKEN_ISSUE_RETRY_AFTER_MAX_S", 3)),
             ),
