@@ -26,7 +26,7 @@ from tests.support.auth import AuthService, AuthServiceFactory, UserCredentials,
 from tests.support.logs import assert_one_error_line
 from tests.support.metrics import Metrics, scrape
 from tests.support.pg import aquery
-from tests.support.waiting import await_until, scaled
+from tests.support.waiting import await_until, pace, scaled
 
 MAX_PENDING = 8
 STORM_WORKERS = 4 * MAX_PENDING  # requests per wave: 4x what the replica lets wait
@@ -302,3 +302,61 @@ async def test_F41_one_batch_answers_each_request_with_its_own_outcome(auth_fact
     cookie_line = results["cookie"][0].headers["X-Request-ID"]
     issued_lines = service.proc.events("token_issued", request_id=cookie_line)
     assert [line.get("user_id") for line in issued_lines] == [users[0].user_id]
+
+
+@pytest.mark.trio
+async def test_F06_requests_queued_past_the_wait_bound_are_refused_not_issued_late(
+    auth_factory: AuthServiceFactory,
+) -> None:
+    """The database stalls (the user's row is locked) with one batch out and nine requests
+    queued behind it: once they have waited past TETHER_TOKEN_ISSUE_MAX_WAIT_MS they are
+    refused with 503 overloaded (reason issue_wait) and Retry-After when their batch would
+    leave, not issued a token their clients may have given up on; the batch that was out is
+    issued."""
+    service = auth_factory.start(
+        env={
+            "TETHER_TOKEN_ISSUE_BATCHES": "1",
+            "TETHER_TOKEN_ISSUE_MAX_WAIT_MS": "100",
+            "TETHER_TOKEN_ISSUE_PER_MINUTE": "1000",
+        }
+    )
+    user = service.make_user()
+    lock = UserRowLock(service.dsn, [user.user_id])
+    answers: list[Answer] = []
+    async with service.client(limits=httpx.Limits(max_connections=16)) as client:
+
+        def pending(count: int) -> Any:
+            async def reached() -> bool:
+                return (await scrape(client)).value("tether_token_issue_pending") == count
+
+            return reached
+
+        async with trio.open_nursery() as holder:
+            holder.start_soon(trio.to_thread.run_sync, lock.run)
+            try:
+                await await_until(_async(lock.locked.is_set), timeout=10, what="the user row locked")
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_collect, client, user, answers)  # goes out alone, and waits on the lock
+                    await await_until(pending(1), timeout=10, what="the first request out")
+                    for _ in range(9):
+                        nursery.start_soon(_collect, client, user, answers)
+                    await await_until(pending(10), timeout=10, what="ten requests pending")
+                    await pace(0.2)  # the queued ones wait past their 100 ms bound
+                    lock.release()
+            finally:
+                lock.release()
+        after = await scrape(client)
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [201] + [503] * 9, statuses
+    for answer in answers:
+        if answer.status == 503:
+            assert answer.body["code"] == "overloaded"
+            assert answer.body["reason"] == "issue_wait"
+            assert answer.retry_after is not None
+    assert after.value("tether_load_shed_total", reason="issue_wait") == 9
+    rows = await aquery(service.dsn, "SELECT count(*) AS n FROM auth.connection_tokens")
+    assert rows[0]["n"] == 1
+
+
+async def _collect(client: httpx.AsyncClient, user: UserCredentials, answers: list[Answer]) -> None:
+    answers.append(await _issue(client, user))
