@@ -26,7 +26,7 @@ from tests.support.auth import AuthService, AuthServiceFactory, UserCredentials,
 from tests.support.logs import assert_one_error_line
 from tests.support.metrics import Metrics, scrape
 from tests.support.pg import aquery
-from tests.support.waiting import await_until, pace, scaled
+from tests.support.waiting import await_until, scaled
 
 MAX_PENDING = 8
 STORM_WORKERS = 4 * MAX_PENDING  # requests per wave: 4x what the replica lets wait
@@ -305,18 +305,17 @@ async def test_F41_one_batch_answers_each_request_with_its_own_outcome(auth_fact
 
 
 @pytest.mark.trio
-async def test_F06_requests_queued_past_the_wait_bound_are_refused_not_issued_late(
+async def test_F06_requests_queued_past_the_wait_bound_are_refused_while_the_database_stalls(
     auth_factory: AuthServiceFactory,
 ) -> None:
     """The database stalls (the user's row is locked) with one batch out and nine requests
-    queued behind it: once they have waited past TETHER_TOKEN_ISSUE_MAX_WAIT_MS they are
-    refused with 503 overloaded (reason issue_wait) and Retry-After when their batch would
-    leave, not issued a token their clients may have given up on; the batch that was out is
-    issued."""
+    queued behind it: once they have waited TETHER_TOKEN_ISSUE_MAX_WAIT_MS they are refused
+    with 503 overloaded (reason issue_wait) and Retry-After, while the database is still
+    stalled, instead of waiting on it; the batch that was out is issued once the lock goes."""
     service = auth_factory.start(
         env={
             "TETHER_TOKEN_ISSUE_BATCHES": "1",
-            "TETHER_TOKEN_ISSUE_MAX_WAIT_MS": "100",
+            "TETHER_TOKEN_ISSUE_MAX_WAIT_MS": "200",
             "TETHER_TOKEN_ISSUE_PER_MINUTE": "1000",
         }
     )
@@ -331,6 +330,9 @@ async def test_F06_requests_queued_past_the_wait_bound_are_refused_not_issued_la
 
             return reached
 
+        async def refused() -> bool:
+            return len(answers) == 9
+
         async with trio.open_nursery() as holder:
             holder.start_soon(trio.to_thread.run_sync, lock.run)
             try:
@@ -340,22 +342,50 @@ async def test_F06_requests_queued_past_the_wait_bound_are_refused_not_issued_la
                     await await_until(pending(1), timeout=10, what="the first request out")
                     for _ in range(9):
                         nursery.start_soon(_collect, client, user, answers)
-                    await await_until(pending(10), timeout=10, what="ten requests pending")
-                    await pace(0.2)  # the queued ones wait past their 100 ms bound
+                    await await_until(refused, timeout=ANSWER_BOUND_S + 1, what="the queued requests refused")
+                    assert lock.locked.is_set()
+                    assert not lock.released.is_set()  # refused while the database was still stalled
                     lock.release()
             finally:
                 lock.release()
         after = await scrape(client)
-    statuses = sorted(a.status for a in answers)
-    assert statuses == [201] + [503] * 9, statuses
-    for answer in answers:
-        if answer.status == 503:
-            assert answer.body["code"] == "overloaded"
-            assert answer.body["reason"] == "issue_wait"
-            assert answer.retry_after is not None
+    statuses = [a.status for a in answers]
+    assert statuses == [503] * 9 + [201], statuses
+    for answer in answers[:9]:
+        assert answer.body["code"] == "overloaded"
+        assert answer.body["reason"] == "issue_wait"
+        assert answer.retry_after is not None
+        assert answer.elapsed < scaled(ANSWER_BOUND_S)
     assert after.value("tether_load_shed_total", reason="issue_wait") == 9
     rows = await aquery(service.dsn, "SELECT count(*) AS n FROM auth.connection_tokens")
     assert rows[0]["n"] == 1
+
+
+@pytest.mark.trio
+async def test_F06_a_stalled_issue_statement_is_answered_503_with_retry_after(auth_factory: AuthServiceFactory) -> None:
+    """The issue statement waits on a lock past TETHER_TOKEN_ISSUE_STATEMENT_TIMEOUT_MS: it is
+    cancelled and its request answered 503 dependency_unavailable (postgres) with Retry-After,
+    with nothing stored; once the database answers again so does the replica."""
+    service = auth_factory.start(env={"TETHER_TOKEN_ISSUE_STATEMENT_TIMEOUT_MS": "300"})
+    user = service.make_user()
+    lock = UserRowLock(service.dsn, [user.user_id])
+    async with service.client() as client:
+        async with trio.open_nursery() as holder:
+            holder.start_soon(trio.to_thread.run_sync, lock.run)
+            try:
+                await await_until(_async(lock.locked.is_set), timeout=10, what="the user row locked")
+                stalled = await _issue(client, user)
+            finally:
+                lock.release()
+        assert stalled.status == 503, stalled.body
+        assert stalled.body["code"] == "dependency_unavailable"
+        assert stalled.body["dependency"] == "postgres"
+        assert stalled.retry_after is not None
+        assert stalled.elapsed < scaled(ANSWER_BOUND_S)
+        assert_one_error_line(service.proc, stalled.request_id, "dependency_unavailable")
+        rows = await aquery(service.dsn, "SELECT count(*) AS n FROM auth.connection_tokens")
+        assert rows[0]["n"] == 0
+        assert (await _issue(client, user)).status == 201
 
 
 async def _collect(client: httpx.AsyncClient, user: UserCredentials, answers: list[Answer]) -> None:

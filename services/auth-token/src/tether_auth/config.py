@@ -45,6 +45,7 @@ class Config:
                 batch_max=max(1, env.env_int("TETHER_TOKEN_ISSUE_BATCH_MAX", 200)),
                 max_pending=max(1, env.env_int("TETHER_TOKEN_ISSUE_MAX_PENDING", 128)),
                 max_wait_s=env.env_int("TETHER_TOKEN_ISSUE_MAX_WAIT_MS", 500) / 1000,
+                statement_timeout_s=env.env_int("TETHER_TOKEN_ISSUE_STATEMENT_TIMEOUT_MS", 2000) / 1000,
                 retry_after_max_s=max(1, env.env_int("TETHER_TOKEN_ISSUE_RETRY_AFTER_MAX_S", 3)),
             ),
             test_mode=env.env_bool("TETHER_TEST_MODE", False),

@@ -9,9 +9,12 @@ of requests: one round trip, one commit, one lock of each user's row.
 
 Admission: a request arriving while ``max_pending`` requests are already queued or in
 flight is refused at once (:class:`Overloaded` ``issue_pending``): the bound is the number
-the replica issues within the wait a client should accept.  A queued request still
-waiting after ``max_wait_s`` when its batch would leave (the database slowed down) is
-refused then (``issue_wait``) rather than issued a token late.
+the replica issues within the wait a client should accept.  A queued request that has
+waited ``max_wait_s`` (the database slowed down) is refused then (``issue_wait``, a timer
+sees to it even while every batch is stuck), rather than issued a token late; and a batch
+whose statement has not answered within ``statement_timeout_s`` is cancelled and its
+requests answered 503 ``dependency_unavailable``.  No request waits on the database longer
+than those bounds for its answer.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Limits:
     batch_max: int
     max_pending: int
     max_wait_s: float
+    statement_timeout_s: float
     retry_after_max_s: int
 
 
@@ -71,6 +75,7 @@ class TokenIssuer:
         self._queue: collections.deque[_Waiter] = collections.deque()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_requests = 0
+        self._expiry: asyncio.TimerHandle | None = None
 
     @property
     def pending(self) -> int:
@@ -87,10 +92,14 @@ class TokenIssuer:
         future: asyncio.Future[store.IssueOutcome] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiter(request, time.monotonic(), future))
         self._dispatch()
+        if self._queue and self._expiry is None:
+            self._expiry = asyncio.get_running_loop().call_later(self.limits.max_wait_s, self._expire)
         # A caller cancelled here cancels its future: a batch not yet sent leaves it out.
         return await future
 
     async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         for task in list(self._in_flight):
             task.cancel()  # _send answers its waiters before it ends
         await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -113,32 +122,53 @@ class TokenIssuer:
         self._in_flight.discard(task)
         self._dispatch()
 
-    def _take_batch(self) -> list[_Waiter]:
-        batch: list[_Waiter] = []
+    def _expire(self) -> None:
+        """Refuse the queued requests that have waited ``max_wait_s``; re-armed for the next one."""
+        self._expiry = None
+        self._refuse_expired()
+        if self._queue:
+            due = self._queue[0].queued_at + self.limits.max_wait_s - time.monotonic()
+            self._expiry = asyncio.get_running_loop().call_later(max(due, 0.001), self._expire)
+
+    def _refuse_expired(self) -> None:
         too_old = time.monotonic() - self.limits.max_wait_s
+        while self._queue and (self._queue[0].future.done() or self._queue[0].queued_at <= too_old):
+            waiter = self._queue.popleft()
+            if not waiter.future.done():  # else its caller is gone
+                waiter.future.set_exception(
+                    Overloaded("issue_wait", f"waited {self.limits.max_wait_s:g} s for the database")
+                )
+
+    def _take_batch(self) -> list[_Waiter]:
+        self._refuse_expired()  # the queue is in arrival order: only its head can be too old
+        batch: list[_Waiter] = []
         while self._queue and len(batch) < self.limits.batch_max:
             waiter = self._queue.popleft()
-            if waiter.future.done():  # its caller is gone
-                continue
-            if waiter.queued_at < too_old:
-                waiter.future.set_exception(
-                    Overloaded("issue_wait", f"waited over {self.limits.max_wait_s:g} s for the database")
-                )
-                continue
-            batch.append(waiter)
+            if not waiter.future.done():  # else its caller is gone
+                batch.append(waiter)
         return batch
 
     async def _send(self, batch: list[_Waiter]) -> None:
         """One statement for ``batch``; every waiter gets its own answer, whatever happens."""
         try:
             async with self.db.connection() as conn:
-                outcomes = await store.issue_tokens(conn, [w.request for w in batch], self.ttl_s, self.per_minute)
+                outcomes = await store.issue_tokens(
+                    conn,
+                    [w.request for w in batch],
+                    self.ttl_s,
+                    self.per_minute,
+                    timeout=self.limits.statement_timeout_s,
+                )
         except asyncio.CancelledError:
             self._fail(batch, lambda: DependencyUnavailable("auth-token", "the replica is stopping", 1))
             raise
         except Exception as exc:
             if is_connectivity_error(exc) or isinstance(exc, DependencyUnavailable):
-                detail = f"database error: {type(exc).__name__}"
+                detail = (
+                    f"the database did not answer within {self.limits.statement_timeout_s:g} s"
+                    if isinstance(exc, TimeoutError)
+                    else f"database error: {type(exc).__name__}"
+                )
                 self._fail(batch, lambda: DependencyUnavailable("postgres", detail))
             else:
                 self.log.exception("token_issue_batch_failed", exc, requests=len(batch))

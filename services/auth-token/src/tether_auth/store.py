@@ -110,7 +110,7 @@ def unauthenticated() -> TetherError:
 
 
 async def issue_tokens(
-    conn: Connection, requests: list[IssueRequest], ttl_s: int, per_minute: int
+    conn: Connection, requests: list[IssueRequest], ttl_s: int, per_minute: int, *, timeout: float | None = None
 ) -> list[IssueOutcome]:
     """Issue a token for every request that authenticates and fits under its user's cap, in one
     statement (the ``issue_tokens`` function of migration 0002): per request, in order, the token
@@ -124,6 +124,7 @@ async def issue_tokens(
         [r.project_id for r in requests],
         ttl_s,
         per_minute,
+        timeout=timeout,
     )
     assert len(rows) == len(requests)  # one row per position
     results: list[IssueOutcome] = []
