@@ -138,23 +138,18 @@ async def _purge(st: State) -> None:
 
 
 async def authenticate_user(conn: Connection) -> store.User:
-    header = request.headers.get("Authorization")
-    user: store.User | None = None
-    if header is not None:
-        key = bearer_token(header)
-        user = await store.user_by_api_key(conn, key) if key else None
-    else:
-        session = request.cookies.get(COOKIE)
-        user = await store.user_by_session(conn, session) if session else None
+    credential, via_session = user_credential()
+    lookup = store.user_by_session if via_session else store.user_by_api_key
+    user = await lookup(conn, credential)
     if user is None:
         raise store.unauthenticated()
     logs.bind(user_id=str(user.id))
     return user
 
 
-def _user_credential() -> tuple[str, bool]:
-    """The request's user credential: (API key, False) or (browser session, True); the same
-    precedence as :func:`authenticate_user`, without the database."""
+def user_credential() -> tuple[str, bool]:
+    """The request's user credential, not yet checked: (API key, False) from a Bearer
+    header, else (browser session, True) from the cookie; ``unauthenticated`` without one."""
     header = request.headers.get("Authorization")
     if header is not None:
         key = bearer_token(header)
@@ -224,7 +219,7 @@ def _routes(app: Quart) -> None:
     @app.post("/v1/tokens")
     async def issue_token() -> Response:
         st = state()
-        credential, via_session = _user_credential()
+        credential, via_session = user_credential()
         try:
             body = await st.kit.json_body("issueToken")
         except TetherError:
