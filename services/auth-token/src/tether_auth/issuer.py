@@ -76,6 +76,7 @@ class TokenIssuer:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_requests = 0
         self._expiry: asyncio.TimerHandle | None = None
+        self._stopping = False
 
     @property
     def pending(self) -> int:
@@ -87,6 +88,8 @@ class TokenIssuer:
         return random.randint(1, max(1, self.limits.retry_after_max_s))
 
     async def issue(self, request: store.IssueRequest) -> store.IssueOutcome:
+        if self._stopping:
+            raise DependencyUnavailable("auth-token", "the replica is stopping", 1)
         if self.pending >= self.limits.max_pending:
             raise Overloaded("issue_pending", f"{self.pending} token requests are already waiting on this replica")
         future: asyncio.Future[store.IssueOutcome] = asyncio.get_running_loop().create_future()
@@ -98,6 +101,7 @@ class TokenIssuer:
         return await future
 
     async def stop(self) -> None:
+        self._stopping = True  # the batches ending below must not send the queued ones
         if self._expiry is not None:
             self._expiry.cancel()
         for task in list(self._in_flight):
@@ -109,7 +113,7 @@ class TokenIssuer:
                 waiter.future.set_exception(DependencyUnavailable("auth-token", "the replica is stopping", 1))
 
     def _dispatch(self) -> None:
-        while self._queue and len(self._in_flight) < self.limits.batches_in_flight:
+        while self._queue and len(self._in_flight) < self.limits.batches_in_flight and not self._stopping:
             batch = self._take_batch()
             if not batch:
                 return
