@@ -6,15 +6,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from quart import Quart, Response, current_app, request
 
 from tether_kit import logs, migrate
 from tether_kit.contract import check_routes
 from tether_kit.db import Connection, Database
 from tether_kit.errors import TetherError
-from tether_kit.http import HttpKit, bearer_token
+from tether_kit.http import FAILPOINT_HEADER, HttpKit, bearer_token
 from tether_kit.lifecycle import Startup, database_phases
+from tether_kit.load_shed import LoadShed
 from tether_kit.service import (
     Background,
     add_metrics,
@@ -28,6 +29,7 @@ from tether_kit.service import (
 from . import store
 from .catalogue import CATALOGUE
 from .config import Config
+from .issuer import Overloaded, TokenIssuer
 from .store import SCHEMA
 
 SERVICE = "auth-token"
@@ -46,6 +48,8 @@ class State:
     token_consumes: Counter
     token_consume_batches: Counter
     logins: Counter
+    issuer: TokenIssuer
+    shed: LoadShed
 
 
 def state() -> State:
@@ -56,6 +60,10 @@ def create_app(config: Config | None = None) -> Quart:
     config = config or Config.from_env()
     core = build_core(SERVICE, __name__, config, schema=SCHEMA, catalogue=CATALOGUE, contract=config.contract)
     app, log, registry, db, kit = core.http, core.log, core.registry, core.db, core.kit
+    # Every answer here is a few hundred bytes, written to the socket buffer without waiting
+    # on the client; Quart's per-response timeout would cost a task per request on the
+    # token-issue path for nothing (slow clients are bounded by Hypercorn's timeouts).
+    app.config["RESPONSE_TIMEOUT"] = None
     all_migrations = migrate.load_package("tether_auth")
 
     startup = Startup(log, registry, database_phases(db, SCHEMA, all_migrations, log))
@@ -74,6 +82,17 @@ def create_app(config: Config | None = None) -> Quart:
             "tether_token_consume_batches_total", "consume-batch requests answered 200", registry=registry
         ),
         logins=Counter("tether_logins_total", "Browser log-ins by outcome", ["outcome"], registry=registry),
+        issuer=TokenIssuer(
+            db,
+            log,
+            ttl_s=config.token_ttl_s,
+            per_minute=config.token_issue_per_minute,
+            limits=config.token_issue,
+            batches=Counter(
+                "tether_token_issue_batches_total", "issue_tokens statements (one per batch)", registry=registry
+            ),
+        ),
+        shed=LoadShed(log, registry, CATALOGUE["overloaded"], errors=kit.errors),
     )
     app.extensions["tether"] = st
     kit.add_common_routes()
@@ -82,7 +101,8 @@ def create_app(config: Config | None = None) -> Quart:
         return startup.done("migrations")
 
     add_readyz(app, {"migrations": migrations_done, "postgres": database_check(db)})
-    add_metrics(app, registry, db)
+    pending = Gauge("tether_token_issue_pending", "Token requests queued or in flight", registry=registry)
+    add_metrics(app, registry, db, refresh=lambda: pending.set(st.issuer.pending))
     _routes(app)
     check_routes(app, kit.contract, outside_contract=set())
     background = Background(log)
@@ -92,10 +112,13 @@ def create_app(config: Config | None = None) -> Quart:
         log.info("starting", port=config.port, test_mode=config.test_mode)
         startup.start()
         background.periodic("tokens_purge", 60, lambda: _purge(st), after=startup.ready)
+        background.periodic("load_shed_log", 1, st.shed.flush)
 
     @app.after_serving
     async def _stop() -> None:
         await background.stop()
+        await st.issuer.stop()
+        await st.shed.flush()
         await startup.stop()
         await db.close()
         log.close()
@@ -115,18 +138,28 @@ async def _purge(st: State) -> None:
 
 
 async def authenticate_user(conn: Connection) -> store.User:
-    header = request.headers.get("Authorization")
-    user: store.User | None = None
-    if header is not None:
-        key = bearer_token(header)
-        user = await store.user_by_api_key(conn, key) if key else None
-    else:
-        session = request.cookies.get(COOKIE)
-        user = await store.user_by_session(conn, session) if session else None
+    credential, via_session = user_credential()
+    lookup = store.user_by_session if via_session else store.user_by_api_key
+    user = await lookup(conn, credential)
     if user is None:
-        raise TetherError("unauthenticated", "a valid API key (Bearer) or session cookie is required")
+        raise store.unauthenticated()
     logs.bind(user_id=str(user.id))
     return user
+
+
+def user_credential() -> tuple[str, bool]:
+    """The request's user credential, not yet checked: (API key, False) from a Bearer
+    header, else (browser session, True) from the cookie; ``unauthenticated`` without one."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        key = bearer_token(header)
+        if key:
+            return key, False
+    else:
+        session = request.cookies.get(COOKIE)
+        if session:
+            return session, True
+    raise store.unauthenticated()
 
 
 def _service_caller() -> str:
@@ -186,20 +219,36 @@ def _routes(app: Quart) -> None:
     @app.post("/v1/tokens")
     async def issue_token() -> Response:
         st = state()
-        async with st.db.connection() as conn:
-            user = await authenticate_user(conn)
-        body = await st.kit.json_body("issueToken")
+        credential, via_session = user_credential()
+        try:
+            body = await st.kit.json_body("issueToken")
+        except TetherError:
+            async with st.db.connection() as conn:  # a bad credential is answered first, as on every route
+                await authenticate_user(conn)
+            raise
         project_id = uuid.UUID(body["project_id"]) if "project_id" in body else None
-        async with st.db.transaction() as conn:
-            issued = await store.issue_token(
-                conn, user, project_id, st.config.token_ttl_s, st.config.token_issue_per_minute, st.kit.failpoints.hit
-            )
+        ask = store.IssueRequest(credential, via_session, project_id)
+        if st.kit.failpoints.enabled and FAILPOINT_HEADER in request.headers:
+            # an armed failpoint must roll back this request's token alone: its own transaction
+            async with st.db.transaction() as conn:
+                outcome = await store.issue_token(
+                    conn, ask, st.config.token_ttl_s, st.config.token_issue_per_minute, st.kit.failpoints.hit
+                )
+        else:
+            try:
+                outcome = await st.issuer.issue(ask)
+            except Overloaded as exc:
+                return st.shed.refuse(exc.reason, exc.detail, st.issuer.retry_after_s())
+        if outcome.user is not None:
+            logs.bind(user_id=str(outcome.user.id))
+        if isinstance(outcome, store.Refused):
+            raise outcome.error
         st.tokens_issued.inc()
         st.log.info("token_issued", project_id=str(project_id) if project_id else None)
         return json_response(
             {
-                "token": issued.token,
-                "expires_at": _ts(issued.expires_at),
+                "token": outcome.token,
+                "expires_at": _ts(outcome.expires_at),
                 "ttl_s": st.config.token_ttl_s,
                 "project_id": str(project_id) if project_id else None,
             },

@@ -11,5 +11,6 @@ CATALOGUE = Catalogue(
         ErrorSpec("token_used", 409, "Connection token already used"),
         ErrorSpec("token_expired", 410, "Connection token expired"),
         ErrorSpec("service_unauthenticated", 401, "Missing or invalid service credential"),
+        ErrorSpec("overloaded", 503, "Over capacity; retry after Retry-After", retry_after_s=1),
     ]
 )

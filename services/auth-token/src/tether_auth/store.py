@@ -28,6 +28,7 @@ class IssuedToken:
     token: str
     expires_at: dt.datetime
     project_id: uuid.UUID | None
+    user: User
 
 
 @dataclass(frozen=True)
@@ -74,36 +75,80 @@ async def delete_session(conn: Connection, session: str, failpoint: Failpoint) -
     failpoint("logout.after_delete_session")
 
 
-async def issue_token(
-    conn: Connection,
-    user: User,
-    project_id: uuid.UUID | None,
-    ttl_s: int,
-    per_minute: int,
-    failpoint: Failpoint,
-) -> IssuedToken:
-    recent: int = await conn.fetchval(
-        "SELECT count(*) FROM connection_tokens WHERE user_id = $1 AND issued_at > now() - interval '60 seconds'",
-        user.id,
+@dataclass(frozen=True)
+class IssueRequest:
+    """One ``POST /v1/tokens``: the caller's credential (an API key, or a browser session when
+    ``via_session``) and the project the token is bound to."""
+
+    credential: str
+    via_session: bool
+    project_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A request :func:`issue_tokens` issued nothing for, and whose user it was when known."""
+
+    error: TetherError
+    user: User | None
+
+
+IssueOutcome = IssuedToken | Refused
+
+
+def rate_limited(per_minute: int) -> TetherError:
+    return TetherError(
+        "rate_limited",
+        f"at most {per_minute} connection tokens per minute",
+        extras={"limit": "token_issue"},
+        retry_after_s=5,
     )
-    if recent >= per_minute:
-        raise TetherError(
-            "rate_limited",
-            f"at most {per_minute} connection tokens per minute",
-            extras={"limit": "token_issue"},
-            retry_after_s=5,
-        )
-    token = new_secret(TOKEN_PREFIX)
-    expires_at: dt.datetime = await conn.fetchval(
-        """INSERT INTO connection_tokens (token_hash, user_id, project_id, expires_at)
-           VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at""",
-        digest(token),
-        user.id,
-        project_id,
+
+
+def unauthenticated() -> TetherError:
+    return TetherError("unauthenticated", "a valid API key (Bearer) or session cookie is required")
+
+
+async def issue_tokens(
+    conn: Connection, requests: list[IssueRequest], ttl_s: int, per_minute: int, *, timeout: float | None = None
+) -> list[IssueOutcome]:
+    """Issue a token for every request that authenticates and fits under its user's cap, in one
+    statement (the ``issue_tokens`` function of migration 0002): per request, in order, the token
+    or ``unauthenticated`` / ``rate_limited``."""
+    tokens = [new_secret(TOKEN_PREFIX) for _ in requests]
+    rows = await conn.fetch(
+        "SELECT * FROM issue_tokens($1, $2, $3, $4, $5, $6)",
+        [digest(r.credential) for r in requests],
+        [r.via_session for r in requests],
+        [digest(token) for token in tokens],
+        [r.project_id for r in requests],
         ttl_s,
+        per_minute,
+        timeout=timeout,
     )
-    failpoint("tokens.issue.after_insert")
-    return IssuedToken(token, expires_at, project_id)
+    assert len(rows) == len(requests)  # one row per position
+    results: list[IssueOutcome] = []
+    for request, token, row in zip(requests, tokens, rows, strict=True):
+        if row["o_user"] is None:
+            results.append(Refused(unauthenticated(), None))
+            continue
+        user = User(row["o_user"], row["o_name"])
+        if row["o_issued"]:
+            results.append(IssuedToken(token, row["o_expires"], request.project_id, user))
+        else:
+            results.append(Refused(rate_limited(per_minute), user))
+    return results
+
+
+async def issue_token(
+    conn: Connection, request: IssueRequest, ttl_s: int, per_minute: int, failpoint: Failpoint
+) -> IssueOutcome:
+    """:func:`issue_tokens` for one request, with the failpoint after the insert: the caller's
+    transaction is the request's own, so an armed failpoint rolls back its token alone."""
+    (outcome,) = await issue_tokens(conn, [request], ttl_s, per_minute)
+    if isinstance(outcome, IssuedToken):
+        failpoint("tokens.issue.after_insert")
+    return outcome
 
 
 # One statement consumes: the UPDATE's WHERE is re-checked under the row lock, so of
