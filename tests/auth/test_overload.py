@@ -185,11 +185,11 @@ async def test_F41_sheds_are_counted_and_logged_once_per_reason_per_second(auth_
 
     lines = await await_until(_async(logged), timeout=10, what=f"load_shed lines counting {len(shed)} sheds")
     assert sum(line["count"] for line in lines) == len(shed)
-    assert all(line["code"] == "overloaded" and line["level"] == "warning" for line in lines)
+    assert all(line["level"] == "warning" for line in lines)
     shed_ids = {a.request_id for a in shed}
     for line in lines:
-        assert 1 <= len(line["request_ids"]) <= min(5, line["count"]), line
-        assert set(line["request_ids"]) <= shed_ids, line
+        assert 1 <= len(line["sample"]) <= min(5, line["count"]), line
+        assert set(line["sample"]) <= shed_ids, line
     gaps = [(_ts(b) - _ts(a)).total_seconds() for a, b in itertools.pairwise(lines)]
     assert all(gap >= 0.9 for gap in gaps), f"more than one load_shed line per second: {gaps}"
     errors = {line.get("request_id") for line in service.proc.events("http_error")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, cast
@@ -15,7 +16,6 @@ from tether_kit.db import Connection, Database
 from tether_kit.errors import TetherError
 from tether_kit.http import FAILPOINT_HEADER, HttpKit, bearer_token
 from tether_kit.lifecycle import Startup, database_phases
-from tether_kit.load_shed import LoadShed
 from tether_kit.service import (
     Background,
     add_metrics,
@@ -25,6 +25,7 @@ from tether_kit.service import (
     database_check,
     json_response,
 )
+from tether_kit.shedding import ShedLog
 
 from . import store
 from .catalogue import CATALOGUE
@@ -49,7 +50,7 @@ class State:
     token_consume_batches: Counter
     logins: Counter
     issuer: TokenIssuer
-    shed: LoadShed
+    shed: ShedLog
 
 
 def state() -> State:
@@ -92,7 +93,7 @@ def create_app(config: Config | None = None) -> Quart:
                 "tether_token_issue_batches_total", "issue_tokens statements (one per batch)", registry=registry
             ),
         ),
-        shed=LoadShed(log, registry, CATALOGUE["overloaded"], errors=kit.errors),
+        shed=ShedLog(log, registry),
     )
     app.extensions["tether"] = st
     kit.add_common_routes()
@@ -112,18 +113,22 @@ def create_app(config: Config | None = None) -> Quart:
         log.info("starting", port=config.port, test_mode=config.test_mode)
         startup.start()
         background.periodic("tokens_purge", 60, lambda: _purge(st), after=startup.ready)
-        background.periodic("load_shed_log", 1, st.shed.flush)
+        background.periodic("load_shed_log", 1, lambda: _flush_sheds(st))
 
     @app.after_serving
     async def _stop() -> None:
         await background.stop()
         await st.issuer.stop()
-        await st.shed.flush()
+        st.shed.flush_due(float("inf"))  # what is left of the last second
         await startup.stop()
         await db.close()
         log.close()
 
     return app
+
+
+async def _flush_sheds(st: State) -> None:
+    st.shed.flush_due(time.monotonic())
 
 
 async def _purge(st: State) -> None:
@@ -237,8 +242,15 @@ def _routes(app: Quart) -> None:
         else:
             try:
                 outcome = await st.issuer.issue(ask)
-            except Overloaded as exc:
-                return st.shed.refuse(exc.reason, exc.detail, st.issuer.retry_after_s())
+            except Overloaded as exc:  # counted and logged once a second (ShedLog), not one http_error line each
+                st.shed.shed(exc.reason, time.monotonic(), ref=str(logs.context().get("request_id", "")))
+                raise TetherError(
+                    "overloaded",
+                    exc.detail,
+                    extras={"reason": exc.reason},
+                    retry_after_s=st.issuer.retry_after_s(),
+                    logged_elsewhere=True,
+                ) from None
         if outcome.user is not None:
             logs.bind(user_id=str(outcome.user.id))
         if isinstance(outcome, store.Refused):
