@@ -265,7 +265,9 @@ function backoffDelay(attempt) {
   return Math.floor(Math.random() * Math.min(TETHER_JS.capMs, TETHER_JS.baseMs * 2 ** Math.min(Math.max(attempt, 0), 40)));
 }
 // -> per-session timings and a per-second timeline (attempts started, ready, failed), for "where the time goes"
-async function reconnectLikeClients(sessions, tokens, { latencies, refusals, maxAttempts = 60 }) {
+// A session still not back `deadlineMs` after the drop stops trying (the harness must end; tether.js would
+// go on): it counts as not recovered and its events are not counted as lost.
+async function reconnectLikeClients(sessions, tokens, { latencies, refusals, maxAttempts = 60, deadlineMs = 180000 }) {
   const t0 = now();
   const sec = (t) => Math.max(0, Math.floor((t - t0) / 1e6));
   const timeline = [];
@@ -280,16 +282,21 @@ async function reconnectLikeClients(sessions, tokens, { latencies, refusals, max
     while (polling) {
       const t = now();
       try { serverSeries.push({ s: +((t - t0) / 1e6).toFixed(1), ...(await serverConnects()) }); } catch { metricsErrors++; }
+      if (serverSeries.length % 10 === 0) {
+        const done = timeline.reduce((a, x) => a + x.ready, 0), tried = timeline.reduce((a, x) => a + x.attempts, 0);
+        log(`5b after ${((t - t0) / 1e6).toFixed(0)} s: ${done} of ${sessions.length} back, ${tried} attempts`);
+      }
       await sleep(Math.max(0, 1000 - (now() - t) / 1000));
     }
   })();
   await Promise.all(sessions.map(async (s) => {
-    const st = { attempts: 0, tokens: 0, backoff_ms: 0, token_ms: 0, failed_ms: 0, final_ms: 0, first_attempt_ms: null, ready_ms: null };
+    const st = { gave_up: false, attempts: 0, tokens: 0, backoff_ms: 0, token_ms: 0, failed_ms: 0, final_ms: 0, first_attempt_ms: null, ready_ms: null };
     per.push(st);
     let attempt = 0, retryAfter = 0;
     for (;;) {
       const delay = Math.max(backoffDelay(attempt), retryAfter);
       attempt++;
+      if ((now() - t0) / 1000 + delay > deadlineMs) { st.gave_up = true; return; }
       await sleep(delay);
       st.backoff_ms += delay;
       const ta = now();
@@ -326,9 +333,10 @@ async function reconnectLikeClients(sessions, tokens, { latencies, refusals, max
   let prev = server0 ? server0.ready || 0 : null;
   for (const x of serverSeries) { if (prev !== null) serverReadyPerS.push([x.s, (x.ready || 0) - prev]); prev = x.ready || 0; }
   // the session that came back last sets the recovery time: how its time was spent
-  const last = per.reduce((a, b) => (b.ready_ms > a.ready_ms ? b : a), per[0]);
+  const back = per.filter((x) => !x.gave_up);
+  const last = back.length ? back.reduce((a, b) => (b.ready_ms > a.ready_ms ? b : a), back[0]) : per[0];
   const sum = (k) => per.reduce((a, x) => a + x[k], 0);
-  const sortedBy = (k) => Float64Array.from(per.map((x) => x[k])).sort();
+  const sortedBy = (k) => Float64Array.from(back.map((x) => x[k])).sort();
   const q = (k, p) => +pct(sortedBy(k), p).toFixed(1);
   const hist = {};
   for (const x of per) hist[x.attempts] = (hist[x.attempts] || 0) + 1;
@@ -337,11 +345,13 @@ async function reconnectLikeClients(sessions, tokens, { latencies, refusals, max
     first_attempt_ms: { p50: q('first_attempt_ms', 50), p99: q('first_attempt_ms', 99), max: q('first_attempt_ms', 100) },
     ready_ms: { p50: q('ready_ms', 50), p90: q('ready_ms', 90), p99: q('ready_ms', 99), max: q('ready_ms', 100) },
     tokens_fetched: sum('tokens'),
+    deadline_ms: deadlineMs,
+    not_recovered: per.length - back.length,
     attempts: { total: sum('attempts'), per_session_mean: +(sum('attempts') / per.length).toFixed(2), histogram: hist },
     // session-seconds summed over all sessions: sleeping in backoff, fetching retry tokens, in attempts that failed, in the attempt that worked
     session_secs: { backoff: +(sum('backoff_ms') / 1000).toFixed(1), token_fetch: +(sum('token_ms') / 1000).toFixed(1),
       failed_attempts: +(sum('failed_ms') / 1000).toFixed(1), final_attempt: +(sum('final_ms') / 1000).toFixed(1) },
-    last_session: Object.fromEntries(Object.entries(last).map(([k, v]) => [k, v === null ? null : +v.toFixed(1)])),
+    last_session: Object.fromEntries(Object.entries(last).map(([k, v]) => [k, typeof v === 'number' ? +v.toFixed(1) : v])),
     timeline_per_s: timeline,
     // the replica's count over the window: ready > sessions = `ready` sent on sockets the client had already abandoned
     server_outcomes: server0 && server1 ? serverDelta : null,
@@ -617,13 +627,14 @@ modes.storm = async () => {
   const reLat = [], refusals2 = {};
   let detail = null;
   if (cfg.reconnect_pacing === 'pool') await openAll(sess, [], concurrency, { resume: true, latencies: reLat, refusals: refusals2 });
-  else detail = await reconnectLikeClients(sess, [], { latencies: reLat, refusals: refusals2 });
+  else detail = await reconnectLikeClients(sess, [], { latencies: reLat, refusals: refusals2, deadlineMs: cfg.recover_deadline_ms });
   const recoverSecs = (now() - t0) / 1e6;
   const w2 = markEnd();
   await sleep(1000);
   publishing = false;
   await publisher;
-  const st = await settle(sess, 30000);
+  // a session that gave up (detail.not_recovered) is not live: its missing events are not a loss
+  const st = await settle(sess.filter((s) => s.live), 30000);
   finish(Object.assign({ mode: 'storm', n, projects: projects.length, concurrency,
     connect_secs: +connectSecs.toFixed(3), connects_per_s: Math.round(n / connectSecs), refusals_connect: refusals1,
     connect_window: w1, recover_secs: +recoverSecs.toFixed(3), reconnects_per_s: Math.round(n / recoverSecs),

@@ -581,8 +581,12 @@ def tether_table(t: dict[str, Any]) -> list[str]:
                 f"{_f(st['n'])} over {_f(st['projects'])} projects, events published throughout;"
                 f" reconnects paced {'like tether.js' if st.get('reconnect_pacing') == 'tether.js' else 'by a pool'}"
                 " (see below)",
-                f"all live again in **{_f(st['recover_secs'], 2)} s** ({_f(st['reconnects_per_s'])}/s);"
-                f" accept-queue overflows {_f(st.get('reconnect_listen_overflows'))}",
+                (
+                    f"all live again in **{_f(st['recover_secs'], 2)} s** ({_f(st['reconnects_per_s'])}/s);"
+                    if not st.get("not_recovered")
+                    else f"**{_f(st['not_recovered'])} not back** after {_f(st['recover_secs'], 1)} s (they gave up);"
+                )
+                + f" accept-queue overflows {_f(st.get('reconnect_listen_overflows'))}",
                 lat(st, "reconnect"),
                 st,
                 "reconnect_",
@@ -713,13 +717,13 @@ def targets(t: dict[str, Any], peers: list[dict[str, Any]]) -> list[tuple[str, s
             "connect",
         )
     )
-    rec, lost = _g(t, "storm", "recover_secs"), _g(t, "storm", "lost")
+    rec, lost, gone = _g(t, "storm", "recover_secs"), _g(t, "storm", "lost"), _g(t, "storm", "not_recovered")
     n = _g(t, "storm", "n")
     res.append(
         (
             f"{_f(n)}-client drop + resume storm (paced like tether.js) recovers < 30 s, zero loss",
-            f"{_f(rec, 2)} s, lost {_f(lost)}, dup {_f(_g(t, 'storm', 'duplicates'))}",
-            None if rec is None else (rec < 30 and lost == 0 and _g(t, "storm", "duplicates") == 0),
+            f"{_f(rec, 2)} s, not back by then {_f(gone)}, lost {_f(lost)}, dup {_f(_g(t, 'storm', 'duplicates'))}",
+            None if rec is None else (rec < 30 and not gone and lost == 0 and _g(t, "storm", "duplicates") == 0),
             "storm",
         )
     )

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from .report import fold_counts
+from .report import _g, fold_counts
 from .stack import Service, Stack, taskset, window
 
 BENCH = Path(__file__).resolve().parent
@@ -51,6 +51,7 @@ class Sizes:
     storm: int = 5000
     storm_projects: int = 50
     storm_concurrency: int = 500
+    storm_deadline_s: int = 180  # 5b: a session not back by then stops trying and counts as not recovered
     catchup_events: int = 100_000
     cold_runs: int = 3
 
@@ -88,6 +89,7 @@ TINY = Sizes(
     storm=30,
     storm_projects=3,
     storm_concurrency=10,
+    storm_deadline_s=60,
     catchup_events=500,
     cold_runs=1,
 )
@@ -582,6 +584,7 @@ def storm(stack: Stack, sz: Sizes) -> dict[str, Any]:
             n=sz.storm,
             concurrency=sz.storm_concurrency,
             publish_interval_ms=20,
+            recover_deadline_ms=sz.storm_deadline_s * 1000,
         )
         r = run_client(stack, session, cfg)
         w1, w2 = r["windows"]
@@ -593,6 +596,7 @@ def storm(stack: Stack, sz: Sizes) -> dict[str, Any]:
             **_costs(w1, r["n"], "connect_"),
             **_lat(r, "connect"),
             "recover_secs": r["recover_secs"],
+            "not_recovered": _g(r, "reconnect_detail", "not_recovered") or 0,
             "reconnects_per_s": r["reconnects_per_s"],
             **_costs(w2, r["n"], "reconnect_"),
             **_lat(r, "reconnect"),
