@@ -578,7 +578,9 @@ def tether_table(t: dict[str, Any]) -> list[str]:
             )
             row(
                 "5b all dropped at once, resume (unit: reconnect)",
-                f"{_f(st['n'])} over {_f(st['projects'])} projects, events published throughout;"
+                f"{_f(st['n'])} over {_f(st['projects'])} projects"
+                + (f" of {_f(st['users'])} users" if "users" in st else " of one user")
+                + ", events published throughout;"
                 f" reconnects paced {'like tether.js' if st.get('reconnect_pacing') == 'tether.js' else 'by a pool'}"
                 " (see below)",
                 (
@@ -754,6 +756,36 @@ def targets(t: dict[str, Any], peers: list[dict[str, Any]]) -> list[tuple[str, s
     return res
 
 
+def contention(t: dict[str, Any], peers: list[dict[str, Any]]) -> list[str]:
+    """How busy the machine was with other work during the measured windows (foreign CPU, in cores)."""
+    values: list[float] = []
+
+    def walk(d: Any) -> None:
+        if isinstance(d, dict):
+            for k, v in d.items():
+                if k.endswith(("foreign_cpu", "foreign_cpu_frac")) and isinstance(v, int | float):
+                    values.append(float(v))
+                else:
+                    walk(v)
+        elif isinstance(d, list):
+            for x in d:
+                walk(x)
+
+    walk(t)
+    walk(peers)
+    if not values:
+        return []
+    values.sort()
+    median = values[len(values) // 2]
+    return [
+        f"Contention: other work on the machine used a median {median:.2f} cores (max {values[-1]:.2f}) during the"
+        f" {len(values)} measured windows ('foreign CPU'); with the calibration figure above it says how far"
+        " these figures are from a quiet machine's (every µs/unit is inflated on a busy one). Re-run on a quiet"
+        " machine before comparing with other runs.",
+        "",
+    ]
+
+
 def render(data: dict[str, Any], notes: dict[str, str] | None = None) -> str:
     t, peers, m = data["tether"], data.get("peers", []), data["machine"]
     notes = notes or {}
@@ -779,6 +811,7 @@ def render(data: dict[str, Any], notes: dict[str, str] | None = None) -> str:
         " Client CPU is the load client's share of one core over the window (it must stay below 1.0"
         " to not be the bottleneck); 'foreign' is CPU used on the machine by none of our processes.",
         "",
+        *contention(t, peers),
         "## Side by side (workloads that map)",
         "",
         *side_by_side(t, peers),
