@@ -116,8 +116,9 @@ async function pool(items, concurrency, fn) {
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
   return results;
 }
-async function fetchToken() {
-  const r = await request(cfg.auth_url + '/v1/tokens', { headers: { authorization: 'Bearer ' + cfg.api_key }, body: {} });
+// apiKey: the user's (storm: one user per project, `cfg.api_keys`); default the one bench user
+async function fetchToken(apiKey = cfg.api_key) {
+  const r = await request(cfg.auth_url + '/v1/tokens', { headers: { authorization: 'Bearer ' + apiKey }, body: {} });
   return r.token;
 }
 async function fetchTokens(n) {
@@ -150,6 +151,8 @@ let NEGOTIATED = null; // Sec-WebSocket-Extensions of the first opened socket
 class Session {
   constructor(idx, project) {
     this.idx = idx; this.project = project; this.clientId = `bench-${RUN}-${idx}`;
+    // the project's owner: with cfg.api_keys (one per project), its own user; else the one bench user
+    this.apiKey = cfg.api_keys ? cfg.api_keys[cfg.projects.indexOf(project)] : cfg.api_key;
     this.ws = null; this.lastSeq = 0; this.events = 0; this.dups = 0; this.gaps = 0; this.errors = [];
     this.onEvent = null; this.onAck = null; this.live = false; this.closes = 0; this.lastPing = 0; this.heartbeatMs = 15000;
     this.messages = 0; this.batchMessages = 0; this.batchGranted = false;
@@ -238,7 +241,7 @@ async function openAll(sessions, tokens, concurrency, { resume = false, latencie
   await pool(sessions, concurrency, async (s) => {
     for (let attempt = 0; ; attempt++) {
       const t0 = now();
-      const token = tk < tokens.length ? tokens[tk++] : await fetchToken();
+      const token = tk < tokens.length ? tokens[tk++] : await fetchToken(s.apiKey);
       try {
         await s.open(token, resume ? s.lastSeq : undefined);
         if (latencies) latencies.push(now() - t0);
@@ -306,7 +309,7 @@ async function reconnectLikeClients(sessions, tokens, { latencies, refusals, max
       try {
         let token;
         if (tk < tokens.length) token = tokens[tk++];
-        else { const tt = now(); token = await fetchToken(); st.token_ms += (now() - tt) / 1000; st.tokens++; }
+        else { const tt = now(); token = await fetchToken(s.apiKey); st.token_ms += (now() - tt) / 1000; st.tokens++; }
         await s.open(token, s.lastSeq, TETHER_JS.connectTimeoutMs);
         const tr = now();
         st.final_ms = (tr - ta) / 1000; st.ready_ms = (tr - t0) / 1000;

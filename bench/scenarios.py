@@ -576,11 +576,15 @@ def idle(stack: Stack, n: int, projects_per: int = 100) -> dict[str, Any]:
 def storm(stack: Stack, sz: Sizes) -> dict[str, Any]:
     session = stack.start_session("none")
     try:
-        projects = [stack.create_project(session, f"bench storm {i}") for i in range(sz.storm_projects)]
+        # one user per project, as real clients are many users: auth-token's per-user checks then see
+        # each user's own tokens, not all of the storm's
+        keys = [stack.create_user(f"bench-storm-{i}") for i in range(sz.storm_projects)]
+        projects = [stack.create_project(session, f"bench storm {i}", key) for i, key in enumerate(keys)]
         cfg = stack.client_config(
             session,
             "storm",
             projects=projects,
+            api_keys=keys,
             n=sz.storm,
             concurrency=sz.storm_concurrency,
             publish_interval_ms=20,
@@ -591,6 +595,7 @@ def storm(stack: Stack, sz: Sizes) -> dict[str, Any]:
         return {
             "n": r["n"],
             "projects": r["projects"],
+            "users": len(keys),
             "concurrency": r["concurrency"],
             "connects_per_s": r["connects_per_s"],
             **_costs(w1, r["n"], "connect_"),

@@ -264,14 +264,18 @@ class Stack:
         }
         self.auth = self._spawn("auth-token", "tether_auth", env, self.infra_cpu, port)
         self.wait_ready(self.auth)
+        self.api_key = self.create_user("bench")
+
+    def create_user(self, name: str) -> str:
+        """A user (auth-token's CLI): its API key."""
         out = subprocess.run(
-            [sys.executable, "-m", "tether_auth.cli", "--database-url", self.dsn, "create-user", "bench"],
+            [sys.executable, "-m", "tether_auth.cli", "--database-url", self.dsn, "create-user", name],
             check=True,
             capture_output=True,
             text=True,
             timeout=60,
         ).stdout
-        self.api_key = next(x.split("=", 1)[1] for x in out.splitlines() if x.startswith("api_key="))
+        return next(x.split("=", 1)[1] for x in out.splitlines() if x.startswith("api_key="))
 
     def session_env(self, port: int, agent: str = "none", **extra: str) -> dict[str, str]:
         assert self.auth is not None
@@ -325,9 +329,10 @@ class Stack:
             self.pg = None
 
     # -- setup calls ------------------------------------------------------------------
-    def create_project(self, session: Service, name: str) -> str:
+    def create_project(self, session: Service, name: str, api_key: str = "") -> str:
+        """A project of the user ``api_key`` (default: the one bench user)."""
         status, body = http_json(
-            session.url + "/v1/projects", "POST", {"name": name}, {"Authorization": f"Bearer {self.api_key}"}
+            session.url + "/v1/projects", "POST", {"name": name}, {"Authorization": f"Bearer {api_key or self.api_key}"}
         )
         if status != 201:
             raise RuntimeError(f"create project: {status} {body}")
