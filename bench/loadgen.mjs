@@ -2,8 +2,8 @@
 //
 // usage: node bench/loadgen.mjs '<json config>'      (bench/run.py builds the config; see bench/scenarios.py)
 //
-// A Python/trio client costs ~100-190 µs per message on this kind of machine, more than the server
-// under test; this one costs a few µs.  It prints, on stdout, one line per step:
+// Node rather than Python: a Python client would cost more CPU per message than the server under
+// test (bench/NOTES.md).  It prints, on stdout, one line per step:
 //   MARK start / MARK end      the measured window (the orchestrator samples server CPU at these lines)
 //   WAIT <what>                it waits for one line on stdin (the orchestrator measures RSS meanwhile)
 //   LOG <text>                 progress, for the log
@@ -116,8 +116,9 @@ async function pool(items, concurrency, fn) {
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
   return results;
 }
-async function fetchToken() {
-  const r = await request(cfg.auth_url + '/v1/tokens', { headers: { authorization: 'Bearer ' + cfg.api_key }, body: {} });
+// apiKey: the user's (storm: one user per project, `cfg.api_keys`); default the one bench user
+async function fetchToken(apiKey = cfg.api_key) {
+  const r = await request(cfg.auth_url + '/v1/tokens', { headers: { authorization: 'Bearer ' + apiKey }, body: {} });
   return r.token;
 }
 async function fetchTokens(n) {
@@ -150,6 +151,8 @@ let NEGOTIATED = null; // Sec-WebSocket-Extensions of the first opened socket
 class Session {
   constructor(idx, project) {
     this.idx = idx; this.project = project; this.clientId = `bench-${RUN}-${idx}`;
+    // the project's owner: with cfg.api_keys (one per project), its own user; else the one bench user
+    this.apiKey = cfg.api_keys ? cfg.api_keys[cfg.projects.indexOf(project)] : cfg.api_key;
     this.ws = null; this.lastSeq = 0; this.events = 0; this.dups = 0; this.gaps = 0; this.errors = [];
     this.onEvent = null; this.onAck = null; this.live = false; this.closes = 0; this.lastPing = 0; this.heartbeatMs = 15000;
     this.messages = 0; this.batchMessages = 0; this.batchGranted = false;
@@ -231,12 +234,14 @@ setInterval(() => {
 
 // Open (or re-open with resume) many sessions, at most `concurrency` handshakes in flight.  A refused
 // INIT is retried after the server's retry_after_ms with a fresh token; connect latencies are collected.
+// With no prefetched tokens (`tokens` empty) every attempt fetches its own, as Tether's clients do
+// (getToken() before each connect), and its latency includes that fetch.
 async function openAll(sessions, tokens, concurrency, { resume = false, latencies = null, refusals = null } = {}) {
   let tk = 0;
   await pool(sessions, concurrency, async (s) => {
     for (let attempt = 0; ; attempt++) {
-      const token = tk < tokens.length ? tokens[tk++] : await fetchToken();
       const t0 = now();
+      const token = tk < tokens.length ? tokens[tk++] : await fetchToken(s.apiKey);
       try {
         await s.open(token, resume ? s.lastSeq : undefined);
         if (latencies) latencies.push(now() - t0);
@@ -256,14 +261,16 @@ async function openAll(sessions, tokens, concurrency, { resume = false, latencie
 // flight: the connection had been up longer than resetAfterMs (5 s), so the first attempt waits
 // floor(random * 250) ms; the n-th failed attempt then waits max(floor(random * min(15000, 250 * 2^n)),
 // retry_after_ms of the server's error frame); an attempt without `ready` 15 s after the socket was
-// opened is abandoned (and counts as failed).  Every retry gets a fresh token (tether.js: getToken()
-// per attempt); the first attempt uses one fetched before the drop.
+// opened is abandoned (and counts as failed).  Every attempt, the first included, fetches a fresh token
+// from auth-token after its backoff sleep (tether.js: getToken() in #startAttempt), inside the window.
 const TETHER_JS = { baseMs: 250, capMs: 15000, connectTimeoutMs: 15000 };
 function backoffDelay(attempt) {
   return Math.floor(Math.random() * Math.min(TETHER_JS.capMs, TETHER_JS.baseMs * 2 ** Math.min(Math.max(attempt, 0), 40)));
 }
 // -> per-session timings and a per-second timeline (attempts started, ready, failed), for "where the time goes"
-async function reconnectLikeClients(sessions, tokens, { latencies, refusals, maxAttempts = 60 }) {
+// A session still not back `deadlineMs` after the drop stops trying (the harness must end; tether.js would
+// go on): it counts as not recovered and its events are not counted as lost.
+async function reconnectLikeClients(sessions, tokens, { latencies, refusals, maxAttempts = 60, deadlineMs = 180000 }) {
   const t0 = now();
   const sec = (t) => Math.max(0, Math.floor((t - t0) / 1e6));
   const timeline = [];
@@ -278,26 +285,31 @@ async function reconnectLikeClients(sessions, tokens, { latencies, refusals, max
     while (polling) {
       const t = now();
       try { serverSeries.push({ s: +((t - t0) / 1e6).toFixed(1), ...(await serverConnects()) }); } catch { metricsErrors++; }
+      if (serverSeries.length % 10 === 0) {
+        const done = timeline.reduce((a, x) => a + x.ready, 0), tried = timeline.reduce((a, x) => a + x.attempts, 0);
+        log(`5b after ${((t - t0) / 1e6).toFixed(0)} s: ${done} of ${sessions.length} back, ${tried} attempts`);
+      }
       await sleep(Math.max(0, 1000 - (now() - t) / 1000));
     }
   })();
   await Promise.all(sessions.map(async (s) => {
-    const st = { attempts: 0, backoff_ms: 0, token_ms: 0, failed_ms: 0, final_ms: 0, first_attempt_ms: null, ready_ms: null };
+    const st = { gave_up: false, attempts: 0, tokens: 0, backoff_ms: 0, token_ms: 0, failed_ms: 0, final_ms: 0, first_attempt_ms: null, ready_ms: null };
     per.push(st);
     let attempt = 0, retryAfter = 0;
     for (;;) {
       const delay = Math.max(backoffDelay(attempt), retryAfter);
       attempt++;
+      if ((now() - t0) / 1000 + delay > deadlineMs) { st.gave_up = true; return; }
       await sleep(delay);
       st.backoff_ms += delay;
-      let token;
-      if (tk < tokens.length) token = tokens[tk++];
-      else { const tt = now(); token = await fetchToken(); st.token_ms += (now() - tt) / 1000; }
       const ta = now();
       if (st.first_attempt_ms === null) st.first_attempt_ms = (ta - t0) / 1000;
       st.attempts++;
       bump(ta, 'attempts');
       try {
+        let token;
+        if (tk < tokens.length) token = tokens[tk++];
+        else { const tt = now(); token = await fetchToken(s.apiKey); st.token_ms += (now() - tt) / 1000; st.tokens++; }
         await s.open(token, s.lastSeq, TETHER_JS.connectTimeoutMs);
         const tr = now();
         st.final_ms = (tr - ta) / 1000; st.ready_ms = (tr - t0) / 1000;
@@ -324,21 +336,25 @@ async function reconnectLikeClients(sessions, tokens, { latencies, refusals, max
   let prev = server0 ? server0.ready || 0 : null;
   for (const x of serverSeries) { if (prev !== null) serverReadyPerS.push([x.s, (x.ready || 0) - prev]); prev = x.ready || 0; }
   // the session that came back last sets the recovery time: how its time was spent
-  const last = per.reduce((a, b) => (b.ready_ms > a.ready_ms ? b : a), per[0]);
+  const back = per.filter((x) => !x.gave_up);
+  const last = back.length ? back.reduce((a, b) => (b.ready_ms > a.ready_ms ? b : a), back[0]) : per[0];
   const sum = (k) => per.reduce((a, x) => a + x[k], 0);
-  const sortedBy = (k) => Float64Array.from(per.map((x) => x[k])).sort();
+  const sortedBy = (k) => Float64Array.from(back.map((x) => x[k])).sort();
   const q = (k, p) => +pct(sortedBy(k), p).toFixed(1);
   const hist = {};
   for (const x of per) hist[x.attempts] = (hist[x.attempts] || 0) + 1;
   return {
-    pacing: 'tether.js: first attempt after floor(random*250) ms, full-jitter exponential backoff (250 ms base, 15 s cap), >= retry_after_ms, 15 s connect timeout, no cap on attempts in flight',
+    pacing: 'tether.js: first attempt after floor(random*250) ms, full-jitter exponential backoff (250 ms base, 15 s cap), >= retry_after_ms, 15 s connect timeout, a fresh token from auth-token per attempt, no cap on attempts in flight',
     first_attempt_ms: { p50: q('first_attempt_ms', 50), p99: q('first_attempt_ms', 99), max: q('first_attempt_ms', 100) },
     ready_ms: { p50: q('ready_ms', 50), p90: q('ready_ms', 90), p99: q('ready_ms', 99), max: q('ready_ms', 100) },
+    tokens_fetched: sum('tokens'),
+    deadline_ms: deadlineMs,
+    not_recovered: per.length - back.length,
     attempts: { total: sum('attempts'), per_session_mean: +(sum('attempts') / per.length).toFixed(2), histogram: hist },
     // session-seconds summed over all sessions: sleeping in backoff, fetching retry tokens, in attempts that failed, in the attempt that worked
-    session_secs: { backoff: +(sum('backoff_ms') / 1000).toFixed(1), retry_tokens: +(sum('token_ms') / 1000).toFixed(1),
+    session_secs: { backoff: +(sum('backoff_ms') / 1000).toFixed(1), token_fetch: +(sum('token_ms') / 1000).toFixed(1),
       failed_attempts: +(sum('failed_ms') / 1000).toFixed(1), final_attempt: +(sum('final_ms') / 1000).toFixed(1) },
-    last_session: Object.fromEntries(Object.entries(last).map(([k, v]) => [k, v === null ? null : +v.toFixed(1)])),
+    last_session: Object.fromEntries(Object.entries(last).map(([k, v]) => [k, typeof v === 'number' ? +v.toFixed(1) : v])),
     timeline_per_s: timeline,
     // the replica's count over the window: ready > sessions = `ready` sent on sockets the client had already abandoned
     server_outcomes: server0 && server1 ? serverDelta : null,
@@ -480,29 +496,45 @@ modes.stream_rate = async () => {
     secs: +dt.toFixed(3), events_per_s: Math.round(total / dt) }, st, w, latencyStats(lat, 'lat')));
 };
 
-// 2c. the built-in agent: one prompt, the agent publishes `chunks` events one transaction each (no HTTP).
+// 2c. the built-in agent as token streams: `streams` sockets (one project each) each send one prompt at once;
+// the agent answers each with `chunks` agent_chunk events produced TETHER_AGENT_DELAY_MS apart (set on the
+// replica), then agent_done.  Chunks arrive over time: the gap between consecutive chunks of a stream is
+// recorded.  With a delay of 0 the chunks are ready together: the bulk variant.
 modes.agent = async () => {
-  const [token] = await fetchTokens(1);
-  const s = new Session(0, cfg.project);
-  await s.open(token);
   const chunks = cfg.chunks;
-  let first = null, last = null, count = 0;
-  const done = new Promise((resolve) => {
+  const projects = cfg.projects;
+  const sess = projects.map((p, i) => new Session(i, p));
+  await openAll(sess, await fetchTokens(sess.length), 50);
+  const firsts = [], gaps = [];
+  let count = 0, lastAt = 0;
+  const done = Promise.all(sess.map((s) => new Promise((resolve) => {
+    let prev = null;
     s.onEvent = (m) => {
-      if (m.kind === 'agent_chunk') { if (first === null) first = now(); count++; }
-      if (m.kind === 'agent_done') { last = now(); resolve(); }
+      if (m.kind === 'agent_chunk') {
+        const t = now();
+        if (prev === null) firsts.push(t); else gaps.push(t - prev);
+        prev = t; count++;
+      }
+      if (m.kind === 'agent_done') { lastAt = Math.max(lastAt, now()); resolve(); }
     };
-  });
+  })));
   await waitOrchestrator('ready');
   markStart();
   const t0 = now();
-  s.send({ type: 'prompt', v: 1, client_msg_id: `a-${RUN}`, text: 'y'.repeat(Math.min(16000, chunks * 2)) });
-  await Promise.race([done, sleep(120000)]);
+  for (const s of sess) s.send({ type: 'prompt', v: 1, client_msg_id: `a-${RUN}-${s.idx}`, text: 'y'.repeat(Math.min(16000, chunks * 2)) });
+  await Promise.race([done, sleep(cfg.timeout_ms || 300000)]);
   const w = markEnd();
-  const dt = ((last || now()) - t0) / 1e6;
-  finish(Object.assign({ mode: 'agent', chunks, received_chunks: count, events: count + 2, secs: +dt.toFixed(3),
-    events_per_s: Math.round((count + 1) / (((last || now()) - (first || t0)) / 1e6)), first_chunk_ms: first ? +((first - t0) / 1000).toFixed(2) : null,
-    lost: chunks - count + s.gaps, duplicates: s.dups }, w));
+  const end = lastAt || now();
+  const firstAll = firsts.length ? Math.min(...firsts) : t0;
+  const t = seqTotals(sess);
+  const firstUs = firsts.map((x) => x - t0);
+  finish(Object.assign({ mode: 'agent', streams: sess.length, chunks, received_chunks: count,
+    // per stream: the prompt's event, the chunks, agent_done
+    events: t.events, secs: +((end - t0) / 1e6).toFixed(3),
+    events_per_s: Math.round(count / ((end - firstAll) / 1e6)),
+    first_chunk_ms: firstUs.length ? +(Math.max(...firstUs) / 1000).toFixed(2) : null,
+    lost: sess.length * chunks - count + t.gaps, duplicates: t.dups },
+  w, latencyStats(firstUs, 'first_chunk'), latencyStats(gaps, 'chunk_gap')));
 };
 
 // 3. echo-equivalent: prompt -> prompt_ack (and the prompt's own event) round trips, one project per socket.
@@ -570,12 +602,12 @@ modes.storm = async () => {
   const { n, concurrency, publish_interval_ms } = cfg;
   const projects = cfg.projects;
   const sess = Array.from({ length: n }, (_, i) => new Session(i, projects[i % projects.length]));
-  let tokens = await fetchTokens(n);
   const connLat = [], refusals1 = {};
   await waitOrchestrator('connect');
   markStart();
   let t0 = now();
-  await openAll(sess, tokens, concurrency, { latencies: connLat, refusals: refusals1 });
+  // each connect fetches its token inside the window, as a client does before connecting
+  await openAll(sess, [], concurrency, { latencies: connLat, refusals: refusals1 });
   const connectSecs = (now() - t0) / 1e6;
   const w1 = markEnd();
   // live traffic through the drop: one event every publish_interval_ms, projects round-robin
@@ -589,9 +621,7 @@ modes.storm = async () => {
       await sleep(publish_interval_ms);
     }
   })();
-  await sleep(1000);
-  tokens = await fetchTokens(n);
-  await sleep(500);
+  await sleep(1500);
   const before = seqTotals(sess);
   await waitOrchestrator('drop');
   markStart();
@@ -599,14 +629,15 @@ modes.storm = async () => {
   for (const s of sess) s.drop();
   const reLat = [], refusals2 = {};
   let detail = null;
-  if (cfg.reconnect_pacing === 'pool') await openAll(sess, tokens, concurrency, { resume: true, latencies: reLat, refusals: refusals2 });
-  else detail = await reconnectLikeClients(sess, tokens, { latencies: reLat, refusals: refusals2 });
+  if (cfg.reconnect_pacing === 'pool') await openAll(sess, [], concurrency, { resume: true, latencies: reLat, refusals: refusals2 });
+  else detail = await reconnectLikeClients(sess, [], { latencies: reLat, refusals: refusals2, deadlineMs: cfg.recover_deadline_ms });
   const recoverSecs = (now() - t0) / 1e6;
   const w2 = markEnd();
   await sleep(1000);
   publishing = false;
   await publisher;
-  const st = await settle(sess, 30000);
+  // a session that gave up (detail.not_recovered) is not live: its missing events are not a loss
+  const st = await settle(sess.filter((s) => s.live), 30000);
   finish(Object.assign({ mode: 'storm', n, projects: projects.length, concurrency,
     connect_secs: +connectSecs.toFixed(3), connects_per_s: Math.round(n / connectSecs), refusals_connect: refusals1,
     connect_window: w1, recover_secs: +recoverSecs.toFixed(3), reconnects_per_s: Math.round(n / recoverSecs),

@@ -1,4 +1,4 @@
-"""The peer servers, run from their own work folder (``/work/shared/peers/setup.sh`` installs them).
+"""The peer servers, run from their own work folder (``<repo>/../shared/peers/setup.sh`` installs them).
 
 Nothing of the peers is copied into this project: their ``runner.py`` is loaded from the
 work folder and its ``start`` / ``client`` / ``stop`` drive the peers' own Node load
@@ -19,7 +19,10 @@ from typing import Any
 
 from tether_dev.pg import free_port
 
-SETUP = Path(os.environ.get("TETHER_PEERS_SRC", "/work/shared/peers")) / "setup.sh"
+from .stack import REPO
+
+# the peers' kit is a sibling of the repository (``<repo>/../shared/peers``), wherever the repository is
+SETUP = Path(os.environ.get("TETHER_PEERS_SRC") or REPO.parent / "shared" / "peers") / "setup.sh"
 
 # The issue's names for the peers -> the runner's names.  socketio+uvicorn is "python-socketio".
 ALL = [
@@ -74,6 +77,12 @@ def load_runner(root: Path, quiet_limit: float = 45) -> ModuleType:
     return module
 
 
+def _cores(r: dict[str, Any]) -> float | None:
+    """The server's CPU over the client's window ÷ the window's wall time: how many cores it kept busy."""
+    wall = r.get("wall_s")
+    return round(r["server_cpu_s"] / wall, 2) if wall else None
+
+
 def _err(r: dict[str, Any]) -> str | None:
     return str(r["error"])[:200] if "error" in r else None
 
@@ -93,6 +102,7 @@ def _deflate(runner: ModuleType, proto: str, port: int, p: Any, sz: PeerSizes) -
             "expected": bc["expected"],
             "deliveries_per_s": bc["deliveries_per_s"],
             "session_us": round(bc["server_cpu_s"] / bc["expected"] * 1e6, 2),
+            "cores": _cores(bc),
             "client_cpu_share": bc.get("client_cpu_window"),
             "lost": bc["expected"] - bc["deliveries"],
         }
@@ -139,6 +149,7 @@ def bench_peer(runner: ModuleType, name: str, sz: PeerSizes, deflate: bool = Tru
                 "total": thr["total"],
                 "msgs_per_s": thr["msgs_per_s"],
                 "session_us": round(thr["server_cpu_s"] / thr["total"] * 1e6, 2),
+                "cores": _cores(thr),
                 "client_cpu_share": thr.get("client_cpu_window"),
                 "foreign_cpu": thr.get("foreign_cpu_frac"),
             }
@@ -151,6 +162,7 @@ def bench_peer(runner: ModuleType, name: str, sz: PeerSizes, deflate: bool = Tru
                 "deliveries": bc["deliveries"],
                 "deliveries_per_s": bc["deliveries_per_s"],
                 "session_us": round(bc["server_cpu_s"] / bc["expected"] * 1e6, 2),
+                "cores": _cores(bc),
                 "client_cpu_share": bc.get("client_cpu_window"),
                 "foreign_cpu": bc.get("foreign_cpu_frac"),
                 "lost": bc["expected"] - bc["deliveries"],
@@ -165,6 +177,7 @@ def bench_peer(runner: ModuleType, name: str, sz: PeerSizes, deflate: bool = Tru
                 "n": pu["n"],
                 "msgs_per_s": pu["msgs_per_s"],
                 "session_us": round(pu["server_cpu_s"] / pu["n"] * 1e6, 2),
+                "cores": _cores(pu),
                 "client_cpu_share": pu.get("client_cpu_window"),
             }
         out["rss_end_mb"] = round(p.memory_info().rss / 2**20, 1)

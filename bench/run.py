@@ -31,14 +31,16 @@ from typing import Any
 
 from . import peers as peers_mod
 from . import scenarios as sc
+from .capacity import update_readme
 from .report import load_notes, profile_summary, render
 from .stack import REPO, Stack, taskset
 
 BENCH = Path(__file__).resolve().parent
 SCENARIOS = ["fanout", "stream", "stream_rate", "agent", "echo", "catchup", "idle", "storm", "cold_start"]
-# extra rows next to the scenarios: the other delivery framing (fan-out, catch-up) and permessage-deflate
-# offered by the client (fan-out, idle 1,000; the peers' broadcast where they negotiate it)
-VARIANTS = ["frames", "deflate"]
+# extra rows next to the headline scenarios: the other delivery framing (fan-out, also with batched
+# publish; catch-up), the built-in agent as a bulk insert, and permessage-deflate offered by the client
+# (fan-out, idle 1,000; the peers' broadcast where they negotiate it)
+VARIANTS = ["frames", "bulk", "deflate"]
 
 
 def log(msg: str) -> None:
@@ -65,7 +67,7 @@ CALIBRATE = "import time\nbest = 9.0\nfor _ in range(5):\n    t = time.perf_coun
 
 def calibrate(cpu: str) -> float | None:
     """ns per iteration of a fixed pure-Python loop on the server core: compares machines and runs
-    (the same code's µs/unit moved by up to ~1.7x between runs on this shared VM)."""
+    (contention on a shared machine moves every µs/unit figure; bench/NOTES.md)."""
     try:
         out = subprocess.run(
             [*taskset(cpu), sys.executable, "-c", CALIBRATE], capture_output=True, text=True, timeout=60, check=True
@@ -113,7 +115,7 @@ def run_tether(args: argparse.Namespace, sizes: sc.Sizes, only: list[str]) -> tu
         logs_dir=Path(args.logs) if args.logs else None,
         keep_pg=args.keep_pg,
         session_pythonpath=args.session_pythonpath,
-        batch_frames=not args.no_batch,
+        batch_frames=args.batch,
         reconnect_pacing=args.storm_pacing,
     )
     res: dict[str, Any] = {}
@@ -155,10 +157,17 @@ def run_tether(args: argparse.Namespace, sizes: sc.Sizes, only: list[str]) -> tu
             if name in only:
                 variants.append({"scenario": name, "variant": label, **attempt(f"{name} ({label})", fn, **flags)})
 
-        other = "per-event frames" if stack.batch_frames else "events frames"
+        other = "per-event frames" if stack.batch_frames else "events frames (INIT batch: true)"
         step("fanout", lambda: sc.fanout(stack, main, sizes))
         if "frames" in args.variants:
             variant("fanout", other, lambda: sc.fanout(stack, main, sizes), batch_frames=not stack.batch_frames)
+            nb = sizes.fanout_batch_variant
+            variant(
+                "fanout",
+                f"events frames + batched publish ({nb} events per request)",
+                lambda: sc.fanout(stack, main, sizes, batch=nb),
+                batch_frames=True,
+            )
         if "deflate" in args.variants:
             variant("fanout", "permessage-deflate offered", lambda: sc.fanout(stack, main, sizes), deflate=True)
         step("stream", lambda: sc.stream(stack, main, sizes))
@@ -169,6 +178,12 @@ def run_tether(args: argparse.Namespace, sizes: sc.Sizes, only: list[str]) -> tu
             variant("catchup", other, lambda: sc.catchup(stack, main, sizes), batch_frames=not stack.batch_frames)
         stack.stop(main)
         step("agent", lambda: sc.agent_builtin(stack, sizes))
+        if "bulk" in args.variants:
+            variant(
+                "agent",
+                f"bulk insert: 1 answer of {sizes.agent_chunks:,} chunks, no delay",
+                lambda: sc.agent_builtin(stack, sizes, bulk=True),
+            )
         if "idle" in only:
             res["idle"] = []
             for n in sizes.idle:
@@ -242,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-pg", action="store_true", help="keep the Postgres cluster (default: removed at the end)"
     )
-    parser.add_argument("--out", default=None, help="markdown file (default bench/RESULTS.md; '-' = stdout only)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="markdown file ('-' = stdout only); default: bench/RESULTS.md, bench/results.json and README.md's"
+        " Capacity section",
+    )
     parser.add_argument("--json", default=None, help="also write the raw results as JSON here")
     parser.add_argument("--session-cpu", default="0")
     parser.add_argument("--client-cpu", default="1")
@@ -259,16 +279,17 @@ def main(argv: list[str] | None = None) -> int:
         " missed target, the top functions of its window",
     )
     parser.add_argument(
-        "--no-batch",
+        "--batch",
         action="store_true",
-        help="Tether's load client leaves 'batch' out of INIT (one 'event' frame per event; default: batch: true,"
-        " as Tether's clients send)",
+        help="the headline rows' INIT asks for batched 'events' frames, as Tether's clients do (default: no"
+        " batch, one 'event' frame per event, the peers' work)",
     )
     parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),
-        help="extra rows: 'frames' (fan-out and catch-up with the other framing), 'deflate' (fan-out, idle and the"
-        " peers' broadcast with permessage-deflate offered); comma list or 'none'",
+        help="extra rows: 'frames' (fan-out and catch-up with the other framing, fan-out with batched publish),"
+        " 'bulk' (the built-in agent without delay), 'deflate' (fan-out, idle and the peers' broadcast with"
+        " permessage-deflate offered); comma list or 'none'",
     )
     parser.add_argument(
         "--storm-pacing",
@@ -314,10 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     data["machine"]["total_secs"] = round(time.monotonic() - t0, 1)
     md = render(data, load_notes(Path(args.notes)))
     print(md)
-    out = args.out if args.out is not None else str(BENCH / "RESULTS.md")
-    if out != "-":
-        Path(out).write_text(md, encoding="utf-8")
-        log(f"wrote {out}")
+    if args.out is None:
+        # the repository's record of the run: RESULTS.md, results.json and README's Capacity section agree
+        (BENCH / "RESULTS.md").write_text(md, encoding="utf-8")
+        (BENCH / "results.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        update_readme(REPO / "README.md", data)
+        log("wrote bench/RESULTS.md, bench/results.json and README.md's Capacity section")
+    elif args.out != "-":
+        Path(args.out).write_text(md, encoding="utf-8")
+        log(f"wrote {args.out}")
     json_path = Path(args.json) if args.json else Path(args.workdir) / "results.json"
     json_path.write_text(json.dumps(data, indent=1), encoding="utf-8")
     log(f"raw results: {json_path}; logs: {args.logs or Path(args.workdir) / 'logs'}")

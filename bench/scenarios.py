@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from .report import fold_counts
+from .report import _g, fold_counts
 from .stack import Service, Stack, taskset, window
 
 BENCH = Path(__file__).resolve().parent
@@ -34,19 +34,24 @@ BENCH = Path(__file__).resolve().parent
 class Sizes:
     fanout_sockets: int = 200
     fanout_events: int = 1000
-    fanout_batch: int = 10
+    fanout_batch: int = 1  # events per publish: one, like the peers' broadcasts
+    fanout_batch_variant: int = 10  # the batched-publish variant row
     stream_events: int = 50_000
     stream_batch: int = 50
     stream_inflight: int = 2
     rate: int = 1000
     rate_seconds: float = 10
-    agent_chunks: int = 5000
+    agent_streams: int = 100  # concurrent answers of the built-in agent, one socket and project each
+    agent_stream_chunks: int = 1000
+    agent_delay_ms: int = 5  # between chunks of one answer: 200 tokens/s per stream
+    agent_chunks: int = 5000  # the bulk variant: one answer, no delay
     echo_conns: int = 200
     echo_rounds: int = 200
     idle: tuple[int, ...] = (1000, 10_000)
     storm: int = 5000
     storm_projects: int = 50
     storm_concurrency: int = 500
+    storm_deadline_s: int = 180  # 5b: a session not back by then stops trying and counts as not recovered
     catchup_events: int = 100_000
     cold_runs: int = 3
 
@@ -56,6 +61,8 @@ QUICK = Sizes(
     fanout_events=200,
     stream_events=10_000,
     rate_seconds=3,
+    agent_streams=20,
+    agent_stream_chunks=300,
     agent_chunks=1000,
     echo_rounds=50,
     idle=(1000, 2000),
@@ -68,11 +75,13 @@ QUICK = Sizes(
 TINY = Sizes(
     fanout_sockets=5,
     fanout_events=20,
-    fanout_batch=5,
+    fanout_batch_variant=5,
     stream_events=200,
     stream_batch=20,
     rate=200,
     rate_seconds=1,
+    agent_streams=2,
+    agent_stream_chunks=10,
     agent_chunks=20,
     echo_conns=5,
     echo_rounds=5,
@@ -80,6 +89,7 @@ TINY = Sizes(
     storm=30,
     storm_projects=3,
     storm_concurrency=10,
+    storm_deadline_s=60,
     catchup_events=500,
     cold_runs=1,
 )
@@ -293,8 +303,15 @@ def _per(value_s: float, units: float) -> float | None:
 
 
 def _costs(w: dict[str, Any], units: float, prefix: str = "") -> dict[str, Any]:
-    """Per-unit CPU (µs) of each process group and the client's CPU share over window ``w``."""
+    """Per-unit CPU (µs) of each process group and the client's CPU share over window ``w``.
+
+    ``system_us`` is what the whole system spent per unit (session + PostgreSQL + auth-token) and
+    ``system_cores`` the cores it kept busy on average: the figures set against a peer, which is
+    one process."""
+    system_s = w["session_cpu_s"] + w["pg_cpu_s"] + w["auth_cpu_s"]
     return {
+        f"{prefix}system_us": _per(system_s, units),
+        f"{prefix}system_cores": round(system_s / w["wall_s"], 2) if w["wall_s"] else None,
         f"{prefix}session_us": _per(w["session_cpu_s"], units),
         f"{prefix}session_sys_share": round(w["session_sys_s"] / w["session_cpu_s"], 2) if w["session_cpu_s"] else None,
         f"{prefix}pg_us": _per(w["pg_cpu_s"], units),
@@ -322,7 +339,8 @@ def _client_info(r: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- 1. durable fan-out ---------------------------------------------------------------------------
-def fanout(stack: Stack, session: Service, sz: Sizes) -> dict[str, Any]:
+def fanout(stack: Stack, session: Service, sz: Sizes, batch: int | None = None) -> dict[str, Any]:
+    """``batch``: events per publish request (default ``sz.fanout_batch``)."""
     project = stack.create_project(session, "bench fanout")
     cfg = stack.client_config(
         session,
@@ -330,7 +348,7 @@ def fanout(stack: Stack, session: Service, sz: Sizes) -> dict[str, Any]:
         project=project,
         sockets=sz.fanout_sockets,
         events=sz.fanout_events,
-        batch=sz.fanout_batch,
+        batch=batch or sz.fanout_batch,
         inflight=2,
     )
     r = run_client(stack, session, cfg)
@@ -380,6 +398,7 @@ def stream(stack: Stack, session: Service, sz: Sizes, *, inflight: int | None = 
         "events_per_s": r["events_per_s"],
         **_costs(w, r["events"]),
         **_lat(r, "lat"),
+        **_client_info(r),
         "rss_mb": round(session.rss() / 2**20, 1),
         "lost": r["lost"],
         "duplicates": r["duplicates"],
@@ -398,6 +417,7 @@ def stream_rate(stack: Stack, session: Service, sz: Sizes) -> dict[str, Any]:
         "max_inflight_requests": r["max_inflight_requests"],
         **_costs(w, r["events"]),
         **_lat(r, "lat"),
+        **_client_info(r),
         "lost": r["lost"],
         "duplicates": r["duplicates"],
         # the latency floor with durability on: a request waits for the commit in flight, then its own
@@ -463,17 +483,31 @@ def stream_rate_sync_commit_off(stack: Stack, sz: Sizes) -> dict[str, Any]:
         stack.pg.psql("ALTER DATABASE bench RESET synchronous_commit")
 
 
-def agent_builtin(stack: Stack, sz: Sizes) -> dict[str, Any]:
-    session = stack.start_session("builtin", TETHER_AGENT_CHUNKS=str(sz.agent_chunks))
+def agent_builtin(stack: Stack, sz: Sizes, *, bulk: bool = False) -> dict[str, Any]:
+    """The built-in agent streaming answers: ``sz.agent_streams`` prompts at once, each answered with
+    ``sz.agent_stream_chunks`` chunks ``sz.agent_delay_ms`` apart (tokens arriving over time, each
+    committed as it is produced).  ``bulk``: one answer of ``sz.agent_chunks`` chunks with no delay,
+    committed together as they are ready (a bulk insert, a variant row only)."""
+    streams, chunks, delay = (
+        (1, sz.agent_chunks, 0) if bulk else (sz.agent_streams, sz.agent_stream_chunks, sz.agent_delay_ms)
+    )
+    session = stack.start_session("builtin", TETHER_AGENT_CHUNKS=str(chunks), TETHER_AGENT_DELAY_MS=str(delay))
     try:
-        project = stack.create_project(session, "bench agent")
-        r = run_client(stack, session, stack.client_config(session, "agent", project=project, chunks=sz.agent_chunks))
+        projects = [stack.create_project(session, f"bench agent {i}") for i in range(streams)]
+        r = run_client(stack, session, stack.client_config(session, "agent", projects=projects, chunks=chunks))
         w = r["windows"][0]
         return {
+            "streams": r["streams"],
             "chunks": r["chunks"],
+            "delay_ms": delay,
+            "offered_events_per_s": round(streams * 1000 / delay) if delay else None,
             "events_per_s": r["events_per_s"],
             "first_chunk_ms": r["first_chunk_ms"],
-            **_costs(w, r["events"]),
+            **_costs(w, r["received_chunks"]),
+            **_lat(r, "first_chunk"),
+            **_lat(r, "chunk_gap"),
+            **_client_info(r),
+            "rss_mb": round(session.rss() / 2**20, 1),
             "lost": r["lost"],
             "duplicates": r["duplicates"],
         }
@@ -494,6 +528,7 @@ def echo(stack: Stack, session: Service, sz: Sizes) -> dict[str, Any]:
         "msgs_per_s": r["msgs_per_s"],
         **_costs(w, r["total"]),
         **_lat(r, "rtt"),
+        **_client_info(r),
         "rss_mb": round(session.rss() / 2**20, 1),
         "lost": r["lost"],
         "duplicates": r["duplicates"],
@@ -541,26 +576,32 @@ def idle(stack: Stack, n: int, projects_per: int = 100) -> dict[str, Any]:
 def storm(stack: Stack, sz: Sizes) -> dict[str, Any]:
     session = stack.start_session("none")
     try:
-        projects = [stack.create_project(session, f"bench storm {i}") for i in range(sz.storm_projects)]
+        # one user per project, as real clients are many users: auth-token's per-user checks then see
+        # each user's own tokens, not all of the storm's
+        keys = [stack.create_user(f"bench-storm-{i}") for i in range(sz.storm_projects)]
+        projects = [stack.create_project(session, f"bench storm {i}", key) for i, key in enumerate(keys)]
         cfg = stack.client_config(
             session,
             "storm",
             projects=projects,
+            api_keys=keys,
             n=sz.storm,
             concurrency=sz.storm_concurrency,
             publish_interval_ms=20,
-            token_concurrency=32,
+            recover_deadline_ms=sz.storm_deadline_s * 1000,
         )
         r = run_client(stack, session, cfg)
         w1, w2 = r["windows"]
         return {
             "n": r["n"],
             "projects": r["projects"],
+            "users": len(keys),
             "concurrency": r["concurrency"],
             "connects_per_s": r["connects_per_s"],
             **_costs(w1, r["n"], "connect_"),
             **_lat(r, "connect"),
             "recover_secs": r["recover_secs"],
+            "not_recovered": _g(r, "reconnect_detail", "not_recovered") or 0,
             "reconnects_per_s": r["reconnects_per_s"],
             **_costs(w2, r["n"], "reconnect_"),
             **_lat(r, "reconnect"),

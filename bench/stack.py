@@ -175,9 +175,10 @@ class Stack:
     logs_dir: Path | None = None
     keep_pg: bool = False
     session_pythonpath: str = ""  # A/B runs: a patched copy of the session service (and its libs) first
-    # what the load client's sessions offer (see bench/loadgen.mjs): Tether's clients ask for batched
-    # 'events' frames (INIT batch: true); permessage-deflate is a variant (browsers offer it)
-    batch_frames: bool = True
+    # what the load client's sessions offer (see bench/loadgen.mjs): the headline rows do the peers'
+    # work, one frame per event; batched 'events' frames (INIT batch: true, what Tether's clients ask
+    # for) and permessage-deflate (browsers offer it) are variant rows
+    batch_frames: bool = False
     deflate: bool = False
     reconnect_pacing: str = "tether.js"  # storm 5b: like tether.js, or "pool" (<= concurrency handshakes in flight)
     _pg_ps: psutil.Process | None = None
@@ -225,7 +226,7 @@ class Stack:
         full.update(
             {
                 "DATABASE_URL": self.dsn,
-                "TETHER_LOG_LEVEL": "warning",
+                "TETHER_LOG_LEVEL": "info",  # as shipped (infra/ configs): every connect and close logs a line
                 "TETHER_LOG_FILE": str(self.logs / f"{name}-{self._counter}.jsonl"),
                 "PYTHONUNBUFFERED": "1",
             }
@@ -258,23 +259,23 @@ class Stack:
         env = {
             "TETHER_AUTH_PORT": str(port),
             "TETHER_SERVICE_KEYS": f"session={self.service_key}",
+            # every bench client is the one user "bench": the per-user issue limit would measure itself
             "TETHER_TOKEN_ISSUE_PER_MINUTE": "1000000",
-            # Tokens are fetched before each measured window (5,000 at a time for the storm): with
-            # the default 60 s TTL the first ones expire before their turn whenever a storm takes
-            # longer than ~45 s, which no real client sees (it fetches its token right before it
-            # connects).  A refused, consumed or expired token is replaced on demand anyway.
-            "TETHER_TOKEN_TTL_S": "600",
         }
         self.auth = self._spawn("auth-token", "tether_auth", env, self.infra_cpu, port)
         self.wait_ready(self.auth)
+        self.api_key = self.create_user("bench")
+
+    def create_user(self, name: str) -> str:
+        """A user (auth-token's CLI): its API key."""
         out = subprocess.run(
-            [sys.executable, "-m", "tether_auth.cli", "--database-url", self.dsn, "create-user", "bench"],
+            [sys.executable, "-m", "tether_auth.cli", "--database-url", self.dsn, "create-user", name],
             check=True,
             capture_output=True,
             text=True,
             timeout=60,
         ).stdout
-        self.api_key = next(x.split("=", 1)[1] for x in out.splitlines() if x.startswith("api_key="))
+        return next(x.split("=", 1)[1] for x in out.splitlines() if x.startswith("api_key="))
 
     def session_env(self, port: int, agent: str = "none", **extra: str) -> dict[str, str]:
         assert self.auth is not None
@@ -328,9 +329,10 @@ class Stack:
             self.pg = None
 
     # -- setup calls ------------------------------------------------------------------
-    def create_project(self, session: Service, name: str) -> str:
+    def create_project(self, session: Service, name: str, api_key: str = "") -> str:
+        """A project of the user ``api_key`` (default: the one bench user)."""
         status, body = http_json(
-            session.url + "/v1/projects", "POST", {"name": name}, {"Authorization": f"Bearer {self.api_key}"}
+            session.url + "/v1/projects", "POST", {"name": name}, {"Authorization": f"Bearer {api_key or self.api_key}"}
         )
         if status != 201:
             raise RuntimeError(f"create project: {status} {body}")

@@ -1,6 +1,6 @@
 """Measure the session handshake and a streamed agent answer (a script, not a test).
 
-    .venv/bin/python -m tests.session.measure_handshake [--connects 100] [--answers 5]
+    .venv/bin/python -m bench.measure_handshake [--connects 100] [--answers 5]   # from the repository root
 
 Starts its own embedded PostgreSQL (or uses ``DATABASE_URL``), one auth-token service and one
 session replica in test mode (so the server also validates every frame it sends, as in the
