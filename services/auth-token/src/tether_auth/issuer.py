@@ -20,7 +20,6 @@ than those bounds for its answer.
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
 import time
 from collections.abc import Callable
@@ -29,9 +28,9 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from tether_kit import logs
+from tether_kit.batching import Batcher
 from tether_kit.db import Database, is_connectivity_error
 from tether_kit.errors import DependencyUnavailable, TetherError
-from tether_kit.tasks import detached
 
 from . import store
 
@@ -72,59 +71,45 @@ class TokenIssuer:
         self.per_minute = per_minute
         self.limits = limits
         self.batches = batches
-        self._queue: collections.deque[_Waiter] = collections.deque()
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._in_flight_requests = 0
+        self._batcher: Batcher[_Waiter] = Batcher(
+            self._send,
+            name="token-issue-batch",
+            in_flight=limits.batches_in_flight,
+            fits=lambda batch, _waiter: len(batch) < limits.batch_max,
+            before_take=self._refuse_expired,  # the queue is in arrival order: only its head can be too old
+        )
+        self._queue = self._batcher.queue
         self._expiry: asyncio.TimerHandle | None = None
-        self._stopping = False
 
     @property
     def pending(self) -> int:
         """Requests admitted and not yet answered: queued, or in a batch that is out."""
-        return len(self._queue) + self._in_flight_requests
+        return len(self._queue) + self._batcher.in_flight_waiters
 
     def retry_after_s(self) -> int:
         """Spread over 1..retry_after_max_s, so that the refused do not come back as one wave."""
         return random.randint(1, max(1, self.limits.retry_after_max_s))
 
     async def issue(self, request: store.IssueRequest) -> store.IssueOutcome:
-        if self._stopping:
+        if self._batcher.stopping:
             raise DependencyUnavailable("auth-token", "the replica is stopping", 1)
         if self.pending >= self.limits.max_pending:
             raise Overloaded("issue_pending", f"{self.pending} token requests are already waiting on this replica")
         future: asyncio.Future[store.IssueOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiter(request, time.monotonic(), future))
-        self._dispatch()
+        self._batcher.submit(_Waiter(request, time.monotonic(), future))
         if self._queue and self._expiry is None:
             self._expiry = asyncio.get_running_loop().call_later(self.limits.max_wait_s, self._expire)
         # A caller cancelled here cancels its future: a batch not yet sent leaves it out.
         return await future
 
     async def stop(self) -> None:
-        self._stopping = True  # the batches ending below must not send the queued ones
         if self._expiry is not None:
             self._expiry.cancel()
-        for task in list(self._in_flight):
-            task.cancel()  # _send answers its waiters before it ends
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._batcher.stop()
         while self._queue:
             waiter = self._queue.popleft()
             if not waiter.future.done():
                 waiter.future.set_exception(DependencyUnavailable("auth-token", "the replica is stopping", 1))
-
-    def _dispatch(self) -> None:
-        while self._queue and len(self._in_flight) < self.limits.batches_in_flight and not self._stopping:
-            batch = self._take_batch()
-            if not batch:
-                return
-            self._in_flight_requests += len(batch)
-            task = detached(self._send(batch), name="token-issue-batch")
-            self._in_flight.add(task)
-            task.add_done_callback(self._batch_done)
-
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._dispatch()
 
     def _expire(self) -> None:
         """Refuse the queued requests that have waited ``max_wait_s``; re-armed for the next one."""
@@ -142,15 +127,6 @@ class TokenIssuer:
                 waiter.future.set_exception(
                     Overloaded("issue_wait", f"waited {self.limits.max_wait_s:g} s for the database")
                 )
-
-    def _take_batch(self) -> list[_Waiter]:
-        self._refuse_expired()  # the queue is in arrival order: only its head can be too old
-        batch: list[_Waiter] = []
-        while self._queue and len(batch) < self.limits.batch_max:
-            waiter = self._queue.popleft()
-            if not waiter.future.done():  # else its caller is gone
-                batch.append(waiter)
-        return batch
 
     async def _send(self, batch: list[_Waiter]) -> None:
         """One statement for ``batch``; every waiter gets its own answer, whatever happens."""
@@ -178,8 +154,6 @@ class TokenIssuer:
                 self.log.exception("token_issue_batch_failed", exc, requests=len(batch))
                 self._fail(batch, lambda: TetherError("internal_error", "issuing the connection token failed"))
             return
-        finally:
-            self._in_flight_requests -= len(batch)
         self.batches.inc()
         for waiter, outcome in zip(batch, outcomes, strict=True):
             if not waiter.future.done():  # else cancelled while out: its token expires unused

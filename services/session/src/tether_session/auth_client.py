@@ -16,7 +16,6 @@ one HTTP round trip and one SQL statement instead of one each per connect.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import random
 import uuid
@@ -25,9 +24,9 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from tether_kit.batching import Batcher
 from tether_kit.errors import DependencyUnavailable, TetherError
 from tether_kit.logs import DEPENDENCIES
-from tether_kit.tasks import detached
 
 from .protocol import SessionError
 
@@ -67,6 +66,12 @@ async def _answered(response: httpx.Response) -> None:
         DEPENDENCIES.ok("auth-token")
 
 
+def _fits(batch: list[_Waiter], waiter: _Waiter) -> bool:
+    """Another token still fits the consume-batch request (its count and its body size)."""
+    size = sum(len(w.token_json) + 1 for w in batch) + len(waiter.token_json) + 1
+    return len(batch) < _BATCH_MAX and size <= _BATCH_BYTES
+
+
 class AuthClient:
     def __init__(
         self, base_url: str, service_key: str, *, record_path: str | None = None, batches_in_flight: int = 2
@@ -94,19 +99,19 @@ class AuthClient:
             ),
             event_hooks=hooks,
         )
-        self._queue: collections.deque[_Waiter] = collections.deque()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._batcher: Batcher[_Waiter] = Batcher(
+            self._send_batch, name="auth-consume-batch", in_flight=self.batches_in_flight, fits=_fits
+        )
         self._closed = False
 
     async def aclose(self) -> None:
         self._closed = True
-        while self._queue:
-            waiter = self._queue.popleft()
+        queue = self._batcher.queue
+        while queue:
+            waiter = queue.popleft()
             if not waiter.future.done():
                 waiter.future.set_exception(_unavailable("the session service is stopping", cause="shutdown"))
-        for task in list(self._in_flight):
-            task.cancel()  # _send_batch answers its waiters before it ends
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._batcher.stop()
         await self.consume_http.aclose()
         await self.http.aclose()
 
@@ -137,38 +142,9 @@ class AuthClient:
         if self._closed:
             raise _unavailable("the session service is stopping", cause="shutdown")
         future: asyncio.Future[Consumed] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiter(json.dumps(token), request_id, future))
-        self._dispatch()
+        self._batcher.submit(_Waiter(json.dumps(token), request_id, future))
         # A caller cancelled here cancels its future: a batch not yet sent leaves its token out.
         return await future
-
-    def _dispatch(self) -> None:
-        """Send what is queued, as long as a batch slot is free."""
-        while self._queue and len(self._in_flight) < self.batches_in_flight and not self._closed:
-            batch = self._take_batch()
-            if not batch:
-                return
-            task = detached(self._send_batch(batch), name="auth-consume-batch")
-            self._in_flight.add(task)
-            task.add_done_callback(self._batch_done)
-
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._dispatch()
-
-    def _take_batch(self) -> list[_Waiter]:
-        batch: list[_Waiter] = []
-        size = 0
-        while self._queue and len(batch) < _BATCH_MAX:
-            waiter = self._queue[0]
-            if waiter.future.done():  # its caller is gone (cancelled): do not consume its token
-                self._queue.popleft()
-                continue
-            if batch and size + len(waiter.token_json) + 1 > _BATCH_BYTES:
-                break
-            size += len(waiter.token_json) + 1
-            batch.append(self._queue.popleft())
-        return batch
 
     async def _send_batch(self, batch: list[_Waiter]) -> None:
         """One consume-batch request for ``batch``; every waiter gets its own answer, whatever happens."""
