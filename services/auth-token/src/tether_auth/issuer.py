@@ -65,12 +65,8 @@ class TokenIssuer:
     def __init__(
         self, db: Database, log: logs.JsonLogger, *, ttl_s: int, per_minute: int, limits: Limits, batches: Counter
     ) -> None:
-        self.db = db
-        self.log = log
-        self.ttl_s = ttl_s
-        self.per_minute = per_minute
-        self.limits = limits
-        self.batches = batches
+        self.db, self.log, self.limits, self.batches = db, log, limits, batches
+        self.token = (ttl_s, per_minute)  # what every issued token gets: its lifetime, its user's cap
         self._batcher: Batcher[_Waiter] = Batcher(
             self._send,
             name="token-issue-batch",
@@ -135,8 +131,7 @@ class TokenIssuer:
                 outcomes = await store.issue_tokens(
                     conn,
                     [w.request for w in batch],
-                    self.ttl_s,
-                    self.per_minute,
+                    *self.token,
                     timeout=self.limits.statement_timeout_s,
                 )
         except asyncio.CancelledError:
