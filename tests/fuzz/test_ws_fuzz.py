@@ -444,6 +444,8 @@ def expected_refusal(frame: Any) -> str:
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str) or frame["type"] not in CLIENT_SCHEMAS:
         return "invalid_frame"
     version = frame.get("v")
+    if isinstance(version, float) and version.is_integer():  # read as the integer it spells (frames.py)
+        version = int(version)
     if isinstance(version, int) and not isinstance(version, bool) and version != 1:
         return "unsupported_version"
     return "invalid_frame"
