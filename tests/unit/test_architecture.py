@@ -113,11 +113,10 @@ def test_the_cycle_check_finds_a_cycle_under_type_checking(tmp_path: Path) -> No
     assert _imports("tether_session.connection", tmp_path / "c.py") == {"tether_session.app"}
 
 
-@pytest.mark.parametrize("package", sorted(PACKAGES))
+@pytest.mark.parametrize("package", ["tether_auth", "tether_session"])  # the packages with an app factory
 def test_F11_only_main_imports_the_app_module(package: str) -> None:
     app = f"{package}.app"
-    if app not in MODULES:
-        pytest.skip(f"{package} has no app module")
+    assert app in MODULES
     importers = sorted(name for name, targets in GRAPH.items() if app in targets)
     assert importers in ([], [f"{package}.__main__"]), importers
 
