@@ -12,4 +12,4 @@ import trio
 
 async def pause(seconds: float) -> None:
     """Let ``seconds`` of trio's clock pass."""
-    await trio.sleep(seconds)
+    await trio.sleep(seconds)  # sleep-ok: time passing is the behaviour under test (named helper)

@@ -50,7 +50,7 @@ POLL_S = 0.02
 
 def poll_pause(interval: float = POLL_S) -> None:
     """The pause between two checks of a condition, inside a polling loop that has a deadline."""
-    time.sleep(interval)
+    time.sleep(interval)  # sleep-ok: the pause between two checks of a polling loop with a deadline
 
 
 async def apoll_pause(interval: float = POLL_S) -> None:

@@ -19,4 +19,4 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         while True:
             if condition():
                 return
-            await trio.sleep(POLL_INTERVAL_S)
+            await trio.sleep(POLL_INTERVAL_S)  # sleep-ok: pause inside a polling loop with a deadline
