@@ -37,7 +37,7 @@ FINE = Admission(ready=True, draining=False, open_connections=3, ip_allowed=True
 TRIPS = {
     "starting_up": {"ready": False},
     "draining": {"draining": True},
-    "overloaded": {"open_connections": LIMITS.max_connections},
+    "overloaded": {"open_connections": LIMITS.max_connections + 1},
     "rate_limited": {"ip_allowed": False},
 }
 
@@ -55,8 +55,8 @@ def test_every_admission_row_has_a_trip_and_a_retryable_catalogue_entry(rules: R
 
 def test_F10_a_healthy_arrival_is_admitted(rules: Rules) -> None:
     assert rules.admission(FINE) is None
-    last_seat = dataclasses.replace(FINE, open_connections=LIMITS.max_connections - 1)
-    assert rules.admission(last_seat) is None, "the arriving connection may take the last seat"
+    last_seat = dataclasses.replace(FINE, open_connections=LIMITS.max_connections)
+    assert rules.admission(last_seat) is None, "the arriving connection (counted) may take the last seat"
 
 
 @pytest.mark.parametrize("row", range(len(ADMISSION_CHECKS)), ids=[c.name for c in ADMISSION_CHECKS])

@@ -62,20 +62,16 @@ class Connection:
         self._sub: Subscriber | None = None
         self._counted_user = False
         self.bucket: TokenBucket | None = None  # the prompt rate limit, made at the first prompt
-        self.refusal: SessionError | None = None  # the admission rules' answer, raised first
 
     # -- entry point ---------------------------------------------------------------------
     async def run(self) -> None:
         host = self.host
         started = time.perf_counter()
         self.task = asyncio.current_task()
-        try:
-            await host.replica.admit(self.ws.headers.get("Remote-Addr", "?"), self.id)
-        except Shed as shed:
+        shed = host.replica.shed(self.id)
+        if shed is not None:
             await self._shed(shed)
             return
-        except SessionError as refusal:  # refused by a rule: closed and logged like any failure
-            self.refusal = refusal
         host.replica.register(self)
         host.metrics.connections_open.inc()
         log_context = logs.enter(connection_id=self.id, replica=host.config.replica)
@@ -218,8 +214,7 @@ class Connection:
     # -- the session --------------------------------------------------------------------
     async def _session(self) -> None:
         host = self.host
-        if self.refusal is not None:
-            raise self.refusal
+        await host.replica.admit(self.ws.headers.get("Remote-Addr", "?"))
         host.load.handshakes += 1  # until ready or closed: a load signal
         try:
             await self._authenticate(await self._receive())  # the INIT dict is not kept for the session

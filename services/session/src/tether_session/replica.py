@@ -18,7 +18,7 @@ from typing import Protocol
 from tether_kit.logs import JsonLogger
 
 from .load import Load
-from .protocol import SessionError, TokenBucket
+from .protocol import SessionError, Shed, TokenBucket
 from .rules import Admission, Rules
 
 # Per-IP connect buckets kept at most; beyond it the table starts again (a bound on memory, not a rule).
@@ -60,11 +60,18 @@ class Replica:
         self._ip_buckets: dict[str, TokenBucket] = {}
 
     # -- admission ---------------------------------------------------------------------------------
-    async def admit(self, remote_addr: str, connection_id: str) -> None:
+    def shed(self, connection_id: str) -> Shed | None:
+        """The load shed for a connection arriving now (a load signal over its limit), or None.
+
+        Decided at once, with nothing awaited: a shed connection costs next to nothing.
+        """
+        shed = self.load.connect_refusal(connection_id)
+        return self.rules.overloaded(*shed) if shed is not None else None
+
+    async def admit(self, remote_addr: str) -> None:
         """Raise the refusal the rules give for a connection from ``remote_addr`` arriving now.
 
-        A connection that arrives before readiness waits for it, bounded (F10); one that
-        arrives while a load signal is over its limit is shed with a paced retry.
+        A connection that arrives before readiness waits for it, bounded (F10).
         """
         ready = self.ready.is_set()
         if not ready:
@@ -84,9 +91,6 @@ class Replica:
         )
         if refusal is not None:
             raise refusal
-        shed = self.load.connect_refusal(connection_id)
-        if shed is not None:
-            raise self.rules.overloaded(*shed)
 
     def _ip_allowed(self, remote_addr: str) -> bool:
         bucket = self._ip_buckets.get(remote_addr)

@@ -22,7 +22,7 @@ from .protocol import CloseCatalogue, Limits, SessionError, Shed
 class Admission:
     """What the replica measured when a connection arrived (after its bounded wait for readiness).
 
-    ``open_connections`` counts the connections already open, not the one arriving.
+    ``open_connections`` counts the open connections, the arriving one included.
     """
 
     ready: bool
@@ -48,7 +48,7 @@ ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = (
     ),
     AdmissionCheck(
         "overloaded",
-        lambda a, lim: a.open_connections >= lim.max_connections,
+        lambda a, lim: a.open_connections > lim.max_connections,
         "the replica holds its maximum number of connections",
         lambda _l: (1000, 5000),
     ),
